@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo test test-slurm lint dryrun-paper clean-demo
+.PHONY: venv demo test test-slurm lint dryrun-paper clean-demo learning-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: venv
 
 test: venv
 	python -m pytest
+
+# Does pretraining learn? CPU-scale runs of every family against random init (~20 min);
+# exits 1 when a target is missed. Writes results/learning/summary.{csv,md}.
+learning-check: venv
+	channel-ssl learning-check --config config/learning.yaml --out results/learning --threads $(CORES)
 
 # The SLURM profile for real, on a one-node cluster started here (installs slurm-wlm with apt).
 test-slurm: venv

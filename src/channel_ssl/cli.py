@@ -57,6 +57,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "print the lineage of a table cell or output; --verify re-hashes it",
     ),
     "render-figure": ("channel_ssl.figures", "render a paper figure (UMAP)"),
+    "learning-check": (
+        "channel_ssl.learning_check",
+        "pretrain every family at CPU scale and score it against random init",
+    ),
 }
 
 

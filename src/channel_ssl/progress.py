@@ -26,12 +26,15 @@ class ProgressLogger:
         self.t0 = time.perf_counter()
         self.items = 0
 
-    def step(self, step: int, items: int = 1, **values: float) -> None:
-        """Record that ``step`` (0-based) is done, having processed ``items`` items."""
+    def step(self, step: int, items: int = 1, **values: float) -> bool:
+        """Record that ``step`` (0-based) is done, having processed ``items`` items.
+
+        Returns True when this step wrote a line.
+        """
         self.items += items
         done = step + 1
         if done % self.every and done != self.total:
-            return
+            return False
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         steps_done = max(done - self.start_step, 1)
         eta = elapsed / steps_done * (self.total - done)
@@ -46,6 +49,7 @@ class ProgressLogger:
             _fmt(elapsed),
             _fmt(eta),
         )
+        return True
 
 
 def _fmt(seconds: float) -> str:

@@ -481,6 +481,7 @@ def run_config(name: str, config: dict) -> dict:
             "n_prototypes": p["n_prototypes"],
             "hidden_dim": p["head_hidden_dim"],
             "bottleneck_dim": p["head_bottleneck_dim"],
+            "head_init": p["head_init"],
             "koleo_loss_weight": p["koleo_loss_weight"],
             "teacher_temp": p["teacher_temp"],
             "warmup_teacher_temp": p["warmup_teacher_temp"],

@@ -13,6 +13,29 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
+HEAD_INITS = ("dinov2", "width_matched")
+# the widths DINOv2's fixed std 0.02 was set for: the paper's ViT-L/16 (1024) into the
+# 2048-wide MLP
+_REFERENCE_FAN_IN = (1024, 2048)
+
+
+def init_std(init: str, layer: int, fan_in: int) -> float:
+    """Init std of MLP layer ``layer`` (0-based) with ``fan_in`` inputs.
+
+    ``dinov2``: 0.02 for every layer, whatever its width (DINOv2's choice).
+    ``width_matched``: 0.02 x sqrt(reference fan-in / fan_in), the reference being the
+    paper's ViT-L head (1024 inputs to the first layer, 2048 to the others): every layer then
+    has the gain it has at paper scale, whatever the width. At the paper's widths the two are
+    identical. With a narrow head (the CPU-scale micro ViTs: 64 -> 128 -> 32) the fixed 0.02
+    makes the head's output ~1e-3, which Adam's first steps on the output bias (~lr each)
+    outgrow: every image then maps to one bottleneck direction and the teacher output is
+    uniform (docs/learning.md).
+    """
+    if init == "dinov2":
+        return 0.02
+    reference = _REFERENCE_FAN_IN[0] if layer == 0 else _REFERENCE_FAN_IN[1]
+    return 0.02 * (reference / fan_in) ** 0.5
+
 
 class DINOHead(nn.Module):
     """Args:
@@ -21,6 +44,7 @@ class DINOHead(nn.Module):
         hidden_dim: MLP width (2048).
         bottleneck_dim: bottleneck width (256).
         nlayers: number of MLP Linear layers (3), >= 1.
+        init: ``dinov2`` (std 0.02) or ``width_matched`` (see :func:`init_std`).
 
     ``forward(x (N, D)) -> (N, P)`` logits (cosine similarities with the prototypes).
     The prototype matrix is the parameter ``prototypes`` ``(P, bottleneck_dim)``; its gradient
@@ -34,10 +58,13 @@ class DINOHead(nn.Module):
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         nlayers: int = 3,
+        init: str = "dinov2",
     ) -> None:
         super().__init__()
         if nlayers < 1:
             raise ValueError(f"nlayers={nlayers} must be >= 1")
+        if init not in HEAD_INITS:
+            raise ValueError(f"head init={init!r}; valid: {', '.join(HEAD_INITS)}")
         dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []
         for index in range(nlayers):
@@ -47,10 +74,10 @@ class DINOHead(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.prototypes = nn.Parameter(torch.empty(n_prototypes, bottleneck_dim))
         self.n_prototypes = n_prototypes
-        for module in self.mlp:
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+        linears = [m for m in self.mlp if isinstance(m, nn.Linear)]
+        for index, module in enumerate(linears):
+            trunc_normal_(module.weight, std=init_std(init, index, module.in_features))
+            nn.init.zeros_(module.bias)
         trunc_normal_(self.prototypes, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,7 @@ from channel_ssl.losses import DINOLoss, IBOTPatchLoss, koleo_loss
 from channel_ssl.losses.mae import mae_loss, patchify, random_patch_mask
 from channel_ssl.models import FAMILIES, build_backbone
 from channel_ssl.models.channel_sampling import draw_channel_subset, gather_channels
-from channel_ssl.models.heads import DINOHead
+from channel_ssl.models.heads import HEAD_INITS, DINOHead
 from channel_ssl.models.mae_decoder import MAEDecoder, MAENetwork, default_decoder_size
 from channel_ssl.progress import ProgressLogger
 from channel_ssl.train.checkpoint import (
@@ -105,6 +105,7 @@ class DinoConfig:
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
     nlayers: int = 3
+    head_init: str = "dinov2"
     loss_weight: float = 1.0
     koleo_loss_weight: float = 0.1
     student_temp: float = 0.1
@@ -249,6 +250,11 @@ def validate_run_config(cfg: RunConfig) -> None:
         cfg.channel_sampling in ("none", "hcs"),
         "channel_sampling",
         f"is {cfg.channel_sampling!r}; valid: none, hcs",
+    )
+    _require(
+        cfg.dino.head_init in HEAD_INITS,
+        "dino.head_init",
+        f"is {cfg.dino.head_init!r}; valid: {', '.join(HEAD_INITS)}",
     )
     _require(
         cfg.precision in ("fp32", "bf16"), "precision", f"is {cfg.precision!r}; valid: fp32, bf16"
@@ -570,7 +576,12 @@ def build_network(cfg: RunConfig, *, drop_path: float) -> SSLNetwork:
 
     def head():
         return DINOHead(
-            backbone.embed_dim, d.n_prototypes, d.hidden_dim, d.bottleneck_dim, d.nlayers
+            backbone.embed_dim,
+            d.n_prototypes,
+            d.hidden_dim,
+            d.bottleneck_dim,
+            d.nlayers,
+            init=d.head_init,
         )
 
     return SSLNetwork(backbone, head(), head() if cfg.ibot.separate_head else None)
@@ -719,6 +730,80 @@ def make_schedules(cfg: RunConfig, resolved: ResolvedRun) -> TrainingSchedules:
     )
 
 
+@torch.no_grad()
+def teacher_entropy(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropies (nats) of teacher target distributions ``(N, P)``.
+
+    Returns ``(per_image, batch)``: the mean over rows of each row's entropy, and the entropy
+    of the batch's mean distribution. ``per_image`` near ln P: the teacher says nothing
+    (uniform collapse); ``batch`` near 0: every image gets the same prototype (one-hot
+    collapse). A learning run has sharp rows (low ``per_image``) spread over many prototypes
+    (high ``batch``).
+    """
+    p = targets.float()
+    per_image = -(p * torch.log(p.clamp(min=1e-12))).sum(dim=-1).mean()
+    mean = p.mean(dim=0)
+    batch = -(mean * torch.log(mean.clamp(min=1e-12))).sum()
+    return per_image, batch
+
+
+class CollapseMonitor:
+    """Warns when the teacher output stays near uniform or near one-hot.
+
+    ``update(per_image, batch, iteration)`` is called at each log line with the two teacher
+    entropies of :func:`teacher_entropy`; after ``patience`` consecutive lines with
+    ``per_image / ln P >= uniform_ratio`` (uniform) or ``batch <= onehot_nats`` (one
+    prototype for the whole batch) it logs one WARNING line (again only after the state
+    changed). Returns ``per_image / ln P``.
+    """
+
+    def __init__(
+        self,
+        n_prototypes: int,
+        *,
+        patience: int = 3,
+        uniform_ratio: float = 0.97,
+        onehot_nats: float = 0.1,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.log_k = math.log(n_prototypes)
+        self.patience = patience
+        self.uniform_ratio = uniform_ratio
+        self.onehot_nats = onehot_nats
+        self.log = logger or log
+        self.state = "ok"
+        self.count = 0
+        self.warned: str | None = None
+
+    def update(self, per_image: float, batch: float, iteration: int) -> float:
+        ratio = per_image / self.log_k
+        if ratio >= self.uniform_ratio:
+            state = "uniform"
+        elif batch <= self.onehot_nats:
+            state = "one-hot"
+        else:
+            state = "ok"
+        self.count = self.count + 1 if state == self.state else 1
+        self.state = state
+        if state == "ok":
+            self.warned = None
+        elif self.count >= self.patience and self.warned != state:
+            self.warned = state
+            self.log.warning(
+                "COLLAPSE WARNING at iteration %d: teacher output near %s for %d log lines in a "
+                "row (per-image entropy %.3f = %.3f x ln K, batch entropy %.3f, ln K = %.3f); "
+                "the features are not learning. See docs/learning.md.",
+                iteration,
+                state,
+                self.count,
+                per_image,
+                ratio,
+                batch,
+                self.log_k,
+            )
+        return ratio
+
+
 class DINOv2Objective(nn.Module):
     """Loss modules (with their EMA centres) and the assembly of the total loss.
 
@@ -743,9 +828,8 @@ class DINOv2Objective(nn.Module):
     ) -> dict:
         cfg = self.cfg
         terms: dict[str, torch.Tensor] = {}
-        targets = self.dino.teacher_targets(teacher["cls_logits"], teacher_temp).chunk(
-            self.n_global
-        )
+        all_targets = self.dino.teacher_targets(teacher["cls_logits"], teacher_temp)
+        targets = all_targets.chunk(self.n_global)
         terms["dino"] = self.dino(list(student["cls_logits"].chunk(self.n_crops)), list(targets))
         if not self.dinov1:
             terms["koleo"] = sum(koleo_loss(c) for c in student["cls"].chunk(self.n_global))
@@ -780,6 +864,8 @@ class DINOv2Objective(nn.Module):
         if "koleo_channel" in terms:
             total = total + cfg.dino.koleo_loss_weight * terms["koleo_channel"]
         terms["total"] = total
+        # collapse monitor (not a loss term): mean entropy of the teacher's CLS targets
+        terms["teacher_entropy"], terms["teacher_batch_entropy"] = teacher_entropy(all_targets)
         return terms
 
 
@@ -959,6 +1045,32 @@ def _check_same_run(saved: dict, current: dict, path: Path) -> None:
         )
 
 
+def describe_run(
+    cfg: RunConfig,
+    corpus: pd.DataFrame,
+    student: nn.Module,
+    resolved: ResolvedRun,
+    info: DistInfo,
+    device_kind: str,
+    use_bf16: bool,
+) -> str:
+    """The start-up line of a run: what it trains, on what, for how long."""
+    channels = corpus["n_channels"].value_counts().sort_index()
+    channel_text = ", ".join(f"{int(k)}ch x {int(n)}" for k, n in channels.items())
+    n_backbone = sum(p.numel() for p in student.backbone.parameters())
+    n_total = sum(p.numel() for p in student.parameters())
+    unit = "channel images" if cfg.model.family == "boc" else "images"
+    return (
+        f"run {cfg.run or '(unnamed)'}: objective={cfg.objective} family={cfg.model.family} "
+        f"arch={cfg.model.arch}; corpus {len(corpus)} rows ({channel_text}); "
+        f"parameters {n_total / 1e6:.3f} M ({n_backbone / 1e6:.3f} M backbone); "
+        f"device={device_kind} x {info.world_size} process(es), "
+        f"precision={'bf16' if use_bf16 else 'fp32'}; iterations={resolved.total_iterations}; "
+        f"effective batch={cfg.batch_size} {unit} ({cfg.batch_size // info.world_size} per process)"
+        f"; lr={resolved.lr:.3g}, warm-up {resolved.warmup_iterations} it"
+    )
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {
         k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
@@ -1068,6 +1180,9 @@ def train(
     progress = ProgressLogger(
         resolved.total_iterations, every=cfg.log_every, unit="img", logger=log, start=start
     )
+    monitor = CollapseMonitor(cfg.dino.n_prototypes) if cfg.objective != "mae" else None
+    if info.is_main:
+        log.info("%s", describe_run(cfg, corpus, student, resolved, info, device_kind, use_bf16))
     student.train()
     iteration = start
     for iteration, batch in zip(range(start, resolved.total_iterations), loader, strict=True):
@@ -1094,12 +1209,19 @@ def train(
         training.after_optimizer_step(values)
         done = iteration + 1
         if info.is_main:
-            progress.step(
+            logged_values = {k: float(v.detach()) for k, v in terms.items()}
+            if monitor is not None:
+                logged_values["entropy_ratio"] = logged_values["teacher_entropy"] / monitor.log_k
+            wrote = progress.step(
                 iteration,
                 items=batch["n_images"] * info.world_size,
-                **{k: float(v.detach()) for k, v in terms.items()},
+                **logged_values,
                 lr=values["lr"],
             )
+            if wrote and monitor is not None:
+                monitor.update(
+                    logged_values["teacher_entropy"], logged_values["teacher_batch_entropy"], done
+                )
         if info.is_main and done % cfg.checkpoint_every == 0:
             save_checkpoint(periodic_checkpoint_path(checkpoint_dir, done), checkpoint_state(done))
         iteration = done
