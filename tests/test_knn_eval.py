@@ -228,3 +228,30 @@ def test_summary_reproduces_paper_table4_boc():
     assert s["CP Task4"] == pytest.approx(16.3)
     with pytest.raises(UserError, match="CP task Task_four"):
         chammi_summary(df.iloc[:-1])
+
+
+@pytest.mark.parametrize("scale", [1e37, 1e-40])
+def test_scores_invariant_to_feature_scale(tmp_path, scale):
+    """Float32 features ~1e37 (squares overflow) or denormal (squares underflow) score as unscaled."""
+    metas, features = _chammi_like(tmp_path)
+    expected = evaluate_chammi(tmp_path, features)
+    scaled = {
+        name: (f.astype(np.float64) * scale).astype(np.float32) for name, f in features.items()
+    }
+    assert all(np.isfinite(f).all() and f.any(axis=1).all() for f in scaled.values())
+    scores = evaluate_chammi(tmp_path, scaled)
+    pd.testing.assert_frame_equal(scores, expected)
+    assert 0.3 < scores["f1_score_macro"].mean() < 0.99
+
+
+def test_l2_normalise_rejects_non_finite_rows_by_index():
+    from channel_ssl.eval.knn_eval import _l2_normalise
+
+    x = np.ones((3, 4), dtype=np.float32)
+    x[2, 1] = np.inf
+    with pytest.raises(UserError, match="row 2"):
+        _l2_normalise(x, "query features")
+    x[2, 1] = 0.0
+    x[1] = 0.0
+    with pytest.raises(UserError, match="row 1 is all zeros"):
+        _l2_normalise(x)

@@ -180,3 +180,27 @@ def test_cli_writes_scores(tmp_path):
     )
     df = pd.read_csv(out)
     assert len(df) == 9 and (df.classifier == "linear").all()
+
+
+def test_one_multilabel_f1_for_selection_and_test():
+    """Validation selection and the HPA-FOV test score use one F1: over the classes present."""
+    from types import SimpleNamespace
+
+    from channel_ssl.eval import dataset_probe, linear_probe
+    from channel_ssl.eval.linear_probe import multilabel_present_f1, select_on_validation
+
+    y_val = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 1, 0]])  # class 2 absent
+    good = y_val.copy()
+    good[0, 2] = 1  # a false positive on the absent class does not count
+    half = y_val.copy()
+    half[1, 1] = 0
+    probes = SimpleNamespace(multilabel=True, predict=lambda x: np.stack([half, good]))
+    scores, best = select_on_validation(probes, np.zeros((4, 1)), y_val)
+    # the two definitions differ here: over all 3 classes `good` would score 2/3
+    assert multilabel_macro_f1(y_val, good) == pytest.approx(2 / 3)
+    assert scores[1] == pytest.approx(1.0) == multilabel_present_f1(y_val, good)
+    assert scores[0] == pytest.approx(multilabel_present_f1(y_val, half))
+    assert best == 1
+    assert dataset_probe.multilabel_present_f1 is linear_probe.multilabel_present_f1
+    with pytest.raises(lp.UserError, match="no class has a positive"):
+        multilabel_present_f1(np.zeros((2, 3)), np.ones((2, 3)))

@@ -606,3 +606,14 @@ def test_source_selector_keeps_one_sources_rows(tmp_path):
         render_table(
             "table11", [f"{label_all}={scores}@cyclops"], tmp_path / "p.csv", tmp_path / "p.md"
         )
+
+
+def test_table12_kd_boc_row_marked_inferred():
+    """Table 12's fourth row is in one text extraction only and equals table 6's BoC row."""
+    tables = load_paper_tables()
+    row = tables["table12"]["rows"][3]
+    assert row["label"] == "DINO BoC (KD)"
+    boc6 = next(r for r in tables["table6"]["rows"] if r["label"] == "DINO BoC (Ours)")
+    assert row["values"] == boc6["values"]
+    note = " ".join(row["notes"].values())
+    assert note.startswith("Inferred") and "one of the paper's two text extractions" in note

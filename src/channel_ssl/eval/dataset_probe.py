@@ -70,7 +70,7 @@ from channel_ssl.eval.metrics import (
     accuracy,
     macro_f1,
     mean_average_precision,
-    multilabel_macro_f1,
+    multilabel_present_f1,
     per_class_f1,
 )
 
@@ -313,8 +313,7 @@ def score_task(
         )  # fmt: skip
         lr, val_score, pred = result.lr, result.val_score, result.test_prediction
         if task.metric == "multilabel_f1":
-            present = np.flatnonzero(y_test.any(axis=0))
-            values = {column: multilabel_macro_f1(y_test[:, present], pred[:, present])}
+            values = {column: multilabel_present_f1(y_test, pred)}
         elif task.metric == "macro_f1":
             values = {column: macro_f1(y_test, pred)}
         elif task.metric == "accuracy":

@@ -8,7 +8,8 @@ Protocol (identical to the reference, so the numbers are identical too):
 - tasks = unique ``train_test_split`` values minus ``Train``, ordered Task_one .. Task_four;
   a task's rows are those whose boolean task column is true; the reference set is the Train rows;
 - labels are encoded by order of first appearance of ``Label`` in the metadata;
-- cosine 1-NN: L2-normalise (in the features' dtype), float32 faiss ``IndexFlatIP``, k = 1;
+- cosine 1-NN: L2-normalise (in the features' dtype; rows whose norm would overflow or
+  underflow are rescaled by their max-abs entry in float64 first), float32 faiss ``IndexFlatIP``, k = 1;
 - HPA Task_three and CP Task_four are leave-one-group-out over ``cell_type`` / ``Plate``: for each
   group (order of first appearance among the task's rows) the reference set is Train + the task's
   rows of the other groups; predictions are concatenated group by group;
@@ -200,13 +201,38 @@ def load_features(features_dir: str | os.PathLike, dataset: str, feature_file: s
 # --------------------------------------------------------------------------- 1-NN
 
 
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    if (norms == 0).any():
-        raise UserError(
-            f"feature row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros; cosine undefined"
-        )
-    return x / norms
+def _l2_normalise(x: np.ndarray, source: str = "<features>") -> np.ndarray:
+    """Rows scaled to unit L2 norm, in the features' dtype.
+
+    Rows whose plain norm is finite and not tiny are divided by it exactly as the reference
+    does (bit-identical on ordinary features). Rows whose sum of squares would overflow
+    (entries ~1e19 and more in float32) or underflow (denormal entries) are first divided by
+    their max-abs entry in float64, normalised there and cast back, so huge or tiny features
+    give the same directions as their unscaled counterparts. Non-finite or all-zero rows are
+    rejected with the row index.
+    """
+    finite = np.isfinite(x).all(axis=-1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise UserError(f"{source} row {row} holds NaN or inf; cosine similarity is undefined")
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    zero = ~x.any(axis=-1)
+    if zero.any():
+        row = int(np.flatnonzero(zero)[0])
+        raise UserError(f"{source} row {row} is all zeros; cosine similarity is undefined")
+    # a norm below sqrt(tiny) means some squares fell into the denormal range and lost digits
+    unsafe = ~np.isfinite(norms[:, 0]) | (norms[:, 0] < np.sqrt(np.finfo(x.dtype).tiny))
+    if not unsafe.any():
+        return x / norms
+    out = np.empty_like(x)
+    safe = ~unsafe
+    out[safe] = x[safe] / norms[safe]
+    rows = x[unsafe].astype(np.float64)
+    rows /= np.abs(rows).max(axis=-1, keepdims=True)
+    rows /= np.linalg.norm(rows, axis=-1, keepdims=True)
+    out[unsafe] = rows.astype(x.dtype)
+    return out
 
 
 def cosine_1nn(
@@ -223,10 +249,10 @@ def cosine_1nn(
 
     if len(queries) == 0:
         return np.empty(0, dtype=reference_labels.dtype)
-    ref = np.ascontiguousarray(_l2_normalise(reference), dtype=np.float32)
+    ref = np.ascontiguousarray(_l2_normalise(reference, "reference features"), dtype=np.float32)
     index = faiss.IndexFlatIP(ref.shape[1])
     index.add(ref)
-    query = np.ascontiguousarray(_l2_normalise(queries), dtype=np.float32)
+    query = np.ascontiguousarray(_l2_normalise(queries, "query features"), dtype=np.float32)
     _, nearest = index.search(query, 1)
     return reference_labels[nearest[:, 0]]
 

@@ -9,8 +9,9 @@ only then is the test set predicted.
 
 - single-label: softmax cross-entropy; validation score = macro F1 over the labels present in the
   validation ground truth; prediction = argmax.
-- multi-label (e.g. HPA-FOV, 28 classes): per-class BCE; validation score = macro F1 over classes
-  (as sklearn ``f1_score(average='macro')`` on indicator matrices); prediction = logit > 0.
+- multi-label (e.g. HPA-FOV, 28 classes): per-class BCE; validation score = macro F1 over the
+  classes present in the validation ground truth (:func:`multilabel_present_f1`, the same function
+  that scores the test set, so selection and test use one F1 definition); prediction = logit > 0.
 
 CHAMMI (command ``linear-probe``): same inputs as ``eval-chammi`` and the same tasks, folds and
 metrics as the 1-NN protocol (``knn_eval``); for the leave-one-group-out tasks (HPA Task_three,
@@ -95,6 +96,23 @@ def multilabel_macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     denom = 2 * tp + fp + fn
     per_class = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
     return float(per_class.mean())
+
+
+def multilabel_present_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro F1 over the classes (columns) with at least one positive in ``y_true``.
+
+    The one multi-label F1 of the probes: used both to choose the learning rate on validation
+    and to score the test set, and the multi-label counterpart of :func:`single_label_macro_f1`
+    (labels present in the truth). A class absent from the truth does not count, even when
+    predicted.
+    """
+    y_true, y_pred = np.asarray(y_true, bool), np.asarray(y_pred, bool)
+    if y_true.shape != y_pred.shape or y_true.ndim != 2:
+        raise ValueError(f"need two (n, C) arrays, got {y_true.shape} and {y_pred.shape}")
+    present = np.flatnonzero(y_true.any(axis=0))
+    if present.size == 0:
+        raise UserError("multi-label F1: no class has a positive example in the ground truth")
+    return multilabel_macro_f1(y_true[:, present], y_pred[:, present])
 
 
 def single_label_macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -242,7 +260,7 @@ def select_on_validation(
 ) -> tuple[np.ndarray, int]:
     """(n_classifiers,) validation scores and the index of the best (lowest lr on ties)."""
     predictions = probes.predict(x_val)
-    score = multilabel_macro_f1 if probes.multilabel else single_label_macro_f1
+    score = multilabel_present_f1 if probes.multilabel else single_label_macro_f1
     scores = np.array([score(y_val, p) for p in predictions])
     return scores, int(np.argmax(scores))
 

@@ -6,7 +6,9 @@
   (CHAMMI's convention, = sklearn ``f1_score(average='macro', labels=np.unique(y_true))``).
 - :func:`multilabel_macro_f1` — mean over classes of the F1 of (n, C) indicator matrices (HPA-FOV
   protein localisation, 28 classes), = sklearn ``f1_score(average='macro')``; defined in
-  :mod:`channel_ssl.eval.linear_probe` (which uses it to choose a classifier) and re-exported.
+  :mod:`channel_ssl.eval.linear_probe` and re-exported. :func:`multilabel_present_f1` — the same
+  over the classes present in the ground truth: the one definition the probes use both to choose
+  the learning rate on validation and to score the test set.
 - :func:`average_precision`, :func:`mean_average_precision` — AP as the step-wise area under the
   precision-recall curve over distinct score thresholds (= sklearn ``average_precision_score``);
   mAP = mean over classes that have a positive (Meter-ML).
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from channel_ssl.eval.linear_probe import multilabel_macro_f1
+from channel_ssl.eval.linear_probe import multilabel_macro_f1, multilabel_present_f1
 
 __all__ = [
     "accuracy",
@@ -26,6 +28,7 @@ __all__ = [
     "macro_f1",
     "mean_average_precision",
     "multilabel_macro_f1",
+    "multilabel_present_f1",
     "per_class_f1",
 ]
 
