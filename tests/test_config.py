@@ -94,5 +94,9 @@ def test_registry_has_the_papers_24_runs():
     assert registry.run("P-MAE-BoC-L").objective == "mae"
     cfg = validate_config({})
     assert registry.run_config("P-Fixed-HPAFOV", cfg)["model"]["in_chans"] == 4
-    assert registry.run_config("P-CViT-L-JUMP", cfg)["model"]["k_max"] == 8
+    # table 3's JUMP-CP runs train on the five fluorescence channels
+    assert registry.run_config("P-CViT-L-JUMP", cfg)["model"]["k_max"] == 5
+    for name in ("P-CViT-L-JUMP", "P-HA-L-JUMP", "P-BoC-L-JUMP"):
+        corpus = registry.CORPORA[registry.run(name).corpus]
+        assert corpus.sources == ("jumpcp_5ch",), name
     assert registry.run_config("P-MAE-BoC-L", cfg)["mae"]["mask_ratio"] == 0.75
