@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 
 class ProgressLogger:
@@ -63,6 +64,8 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> Non
     """Log to stderr and, if given, to ``log_file`` (Snakemake's ``log:``)."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file:
+        # a log in a folder that does not exist yet (a fresh results tree): make the folder
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))
     logging.basicConfig(
         level=level,
