@@ -66,7 +66,7 @@ def test_paper_dag_without_data(tmp_path):
     pretrain_blocks = [b for b in out.split("\n\n") if "rule pretrain:" in b]
     assert any("gpu=128" in b and "nodes=16" in b for b in pretrain_blocks)
     assert any("gpu=32" in b and "nodes=4" in b for b in pretrain_blocks)
-    # every pretraining run of SPEC section 1 appears once
+    # every pretraining run of docs/paper.md section 1 appears once
     runs = re.findall(r"rule pretrain:\n(?:    .*\n)*?    wildcards: run=(P-[A-Za-z0-9-]+)\n", out)
     assert len(runs) == len(set(runs)) == 24
     extract_blocks = [b for b in out.split("\n\n") if "rule extract_chammi:" in b]

@@ -1,7 +1,7 @@
 """The experiment registry: sources, corpora, pretraining runs, evaluations, tables, figures.
 
 Targets, tables and the whole DAG are derived from here; nothing else lists runs. Run names
-follow ``P-<model>-<size>[-<dataset>]`` (SPEC section 1).
+follow ``P-<model>-<size>[-<dataset>]`` (docs/paper.md section 1).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ OBJECTIVES = ("dino", "dinov1", "mae")
 # Feature recipes extracted for CHAMMI (eval/features.py): last-layer CLS, its channel
 # mean (table 12, BoC D) and CLS + channel-pooled patches (table 12, Channel-ViT D+KD).
 CHAMMI_RECIPES = ("cls1", "cls1_chmean", "cls1_pool")
-# Every other evaluation: CLS of the last 4 blocks + channel-wise pooled patches (SPEC 4).
+# Every other evaluation: CLS of the last 4 blocks + channel-wise pooled patches (docs/paper.md section 4).
 PROBE_RECIPE = "cls4_pool"
 # UMAP figures: the concatenated per-channel CLS (paper figure 3 caption).
 FIGURE_RECIPE = "cls1"
@@ -62,7 +62,7 @@ class Run:
     corpus: str
     objective: str = "dino"
     channel_sampling: str = "none"  # "none" | "hcs"
-    # SPEC appendix C: HA runs on CHAMMI train alone drop the channel-token DINO/KoLeo terms.
+    # Paper appendix C (docs/paper.md): HA runs on CHAMMI train alone drop the channel-token DINO/KoLeo terms.
     ha_channel_losses: bool = True
     k_max: int | None = None  # Channel-ViT channel embeddings; None = config's pretrain.k_max
     in_chans: int = 1  # fixed-channel models only
@@ -119,7 +119,7 @@ class Figure:
     subset_channels: tuple[int, ...] | None = None  # figure 4: the 2-channel view
 
 
-_KAGGLE = "needs a Kaggle account and the competition's rules accepted; see DATASETS.md"
+_KAGGLE = "needs a Kaggle account and the competition's rules accepted; see docs/datasets.md"
 SOURCES: dict[str, Source] = {
     s.name: s
     for s in [

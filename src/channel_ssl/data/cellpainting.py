@@ -1,6 +1,6 @@
 """Cell Painting single cells of cpg0019-moshkov-deepprofiler (LINCS, CDRP, BBBC022, ...).
 
-Native layout (cellpainting-gallery ``cpg0019``; DeepProfiler export; DATASETS.md 5)::
+Native layout (cellpainting-gallery ``cpg0019``; DeepProfiler export; docs/datasets.md section 5)::
 
     <raw>/workspace_dl/metadata/sc-metadata.csv        (``<raw>/sc-metadata.csv`` also accepted)
     <raw>/training_images/<Collection>/<Image_Name>    <Image_Name> = Plate/Well/Site/Target@XxY.png

@@ -1,6 +1,6 @@
 """The one reader of CHAMMI on disk, for the real benchmark and for the demo alike.
 
-Layout (SPEC section 3)::
+Layout (docs/paper.md section 3)::
 
     <root>/{Allen,HPA,CP}/enriched_meta.csv   one row per image
     <root>/<file_path>                         the image, channels side by side ("unfolded")
@@ -28,7 +28,7 @@ from channel_ssl.errors import UserError
 DATASETS = ("Allen", "HPA", "CP")
 METADATA_NAME = "enriched_meta.csv"
 
-# Channel order of the unfolded images (SPEC section 3).
+# Channel order of the unfolded images (docs/paper.md section 3).
 CHANNELS: dict[str, tuple[str, ...]] = {
     "Allen": ("nucleus", "membrane", "protein"),
     "HPA": ("microtubules", "protein", "nucleus", "er"),

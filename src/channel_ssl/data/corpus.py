@@ -17,7 +17,7 @@ with kept / total counts per source is logged and written beside the corpus as
 ``<corpus stem>.summary.json``.
 
 ``--extended-chammi [--chammi-root ROOT] [--leave-out SOURCE[,SOURCE]]`` assembles
-ExtendedCHAMMI instead: the exclusion rules of the paper (SPEC section 3) are applied per source
+ExtendedCHAMMI instead: the exclusion rules of the paper (docs/paper.md section 3) are applied per source
 as data (:mod:`channel_ssl.data.extended_chammi`), CHAMMI's IID-task images found under ROOT are
 removed, ``--leave-out`` drops whole sources (table 9: ``wtc``, ``cellpainting``, ``hpa``,
 ``opencell``), and the summary records per source kept / total and the discarded factor values
@@ -180,7 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--extended-chammi",
         action="store_true",
-        help="apply the ExtendedCHAMMI exclusion rules per source (SPEC section 3)",
+        help="apply the ExtendedCHAMMI exclusion rules per source (docs/paper.md section 3)",
     )
     parser.add_argument(
         "--chammi-root",

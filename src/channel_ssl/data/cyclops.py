@@ -1,6 +1,6 @@
 """CYCLoPs yeast protein localisation (as used by Microsnoop): reader and demo copy.
 
-Native layout (DATASETS.md section 7; Microsnoop's ``cyclops.gif`` listing), under
+Native layout (docs/datasets.md section 7; Microsnoop's ``cyclops.gif`` listing), under
 ``<raw_dir>/cyclops/`` (or ``<raw_dir>`` itself when it is that folder)::
 
     <LABEL>/<LABEL>_<n>_gfp.tif     protein of interest (GFP fusion)

@@ -65,7 +65,7 @@ log = logging.getLogger("channel_ssl.demo_chammi")
 
 VARIANTS = ("benchmark", "extra")
 
-# ---- vocabularies (SPEC section 3) -------------------------------------------------------
+# ---- vocabularies (docs/paper.md section 3) -------------------------------------------------------
 
 ALLEN_STAGES = ("M0", "M1M2", "M3", "M4M5", "M6M7_complete", "M6M7_single")
 ALLEN_STAGE_PROBS = (0.35, 0.14, 0.13, 0.13, 0.12, 0.13)

@@ -1,7 +1,7 @@
 """Human Protein Atlas sources: HPA FOV (whole images) and HPA single cells.
 
 HPA FOV, native layout (EBI BioImage Archive S-BIAD2443 as read by Cell-DINO's ``hpafov.py``;
-DATASETS.md 1c/1d)::
+docs/datasets.md section 1c/1d)::
 
     <raw>/whole_images_512_train.csv     split ``train``
     <raw>/whole_images_512_test.csv      split ``test``
@@ -18,7 +18,7 @@ are dropped only by the probe, they still serve pretraining); ``split`` = ``trai
 factors ``cell_type``, ``protein_location`` (list: the True columns plus the
 ``protein_location`` entries), ``fov_id`` (= ``ID``).
 
-HPA single cell, native layout (Cell-DINO "HPAone" on S-BIAD2443; DATASETS.md 2)::
+HPA single cell, native layout (Cell-DINO "HPAone" on S-BIAD2443; docs/datasets.md section 2)::
 
     <raw>/fixed_size_masked_single_cells_pretrain_20240507.csv     split ``pretrain``
     <raw>/fixed_size_masked_single_cells_evaluation_20240507.csv   split ``evaluation``
@@ -50,7 +50,7 @@ from channel_ssl.errors import UserError
 
 log = logging.getLogger("channel_ssl.hpa")
 
-# Kaggle 2019 order, lower case (DATASETS.md 1a; the column names of the S-BIAD2443 CSVs)
+# Kaggle 2019 order, lower case (docs/datasets.md section 1a; the column names of the S-BIAD2443 CSVs)
 LOCALISATIONS = (
     "nucleoplasm", "nuclear membrane", "nucleoli", "nucleoli fibrillar center", "nuclear speckles",
     "nuclear bodies", "endoplasmic reticulum", "golgi apparatus", "peroxisomes", "endosomes",
@@ -66,7 +66,7 @@ SINGLE_CELL_LOCALISATIONS = (
     "actin filaments", "microtubules", "mitotic spindle", "centrosome", "plasma membrane",
     "mitochondria", "aggresome", "cytosol", "vesicles and punctate cytosolic patterns", "negative",
 )  # fmt: skip
-# CELL_TYPE order of Cell-DINO hpafov.py (DATASETS.md 1c)
+# CELL_TYPE order of Cell-DINO hpafov.py (docs/datasets.md section 1c)
 CELL_TYPES = (
     "BJ", "LHCN-M2", "RH-30", "SH-SY5Y", "U-2 OS", "ASC TERT1", "HaCaT", "A-431", "U-251 MG",
     "HEK 293", "A549", "RT4", "HeLa", "MCF7", "PC-3", "hTERT-RPE1", "SK-MEL-30", "EFO-21", "AF22",

@@ -1,6 +1,6 @@
 """JUMP-CP as processed by Bao et al. (ChannelViT): reader and demo copy in the native layout.
 
-Native layout (DATASETS.md section 6; the public bucket ``s3://insitro-research-2023-context-vit``,
+Native layout (docs/datasets.md section 6; the public bucket ``s3://insitro-research-2023-context-vit``,
 anonymous access), mirrored under ``<raw_dir>/jumpcp/`` (or ``<raw_dir>`` itself when it already
 is that folder)::
 
@@ -226,7 +226,7 @@ def prepare_5ch(raw_dir, out_dir, image_size: int, shard_size: int) -> pd.DataFr
 
 # --------------------------------------------------------------------------- demo copy
 
-# The first targets of the real factorisation order (DATASETS.md), then two more
+# The first targets of the real factorisation order (docs/datasets.md), then two more
 DEMO_TARGETS = ("CACNB4", "CACNA2D3", "AKR1C1", "KCNN4", "NTRK1", "HDAC1")
 DEMO_DMSO_WELLS = ("A01", "B02", "C03", "D04")
 DEMO_UNMAPPED_WELL = "P24"  # imaged but absent from the platemap: must be dropped

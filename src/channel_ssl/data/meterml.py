@@ -1,6 +1,6 @@
 """METER-ML (Zhu et al. 2022) multi-sensor methane-source imagery: reader and demo copy.
 
-Native layout (DATASETS.md section 8; stanfordmlgroup/USat ``usat/data/meter_dataset.py``)::
+Native layout (docs/datasets.md section 8; stanfordmlgroup/USat ``usat/data/meter_dataset.py``)::
 
     <root>/{train,val,test}_dataset.geojson     FeatureCollection; properties Image_Folder, Type
     <root>/train_images/train_images_{1,2,3}/<name>/     (Image_Folder = "train_images/<name>")

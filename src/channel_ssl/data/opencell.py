@@ -1,4 +1,4 @@
-"""OpenCell crops as released with cytoself (Kobayashi et al. 2022; DATASETS.md 4).
+"""OpenCell crops as released with cytoself (Kobayashi et al. 2022; docs/datasets.md section 4).
 
 Native layout (royerlab/cytoself ``README.md``, ``datamanager/opencell.py``)::
 

@@ -1,7 +1,7 @@
 """Non-CHAMMI sources -> shards + manifest (``channel-ssl prepare-source``).
 
 ``channel-ssl prepare-source --source NAME --raw-dir RAW --out-dir DIR --image-size N
---shard-size M`` reads the source in its native layout (``/work/shared/DATASETS.md``) with the
+--shard-size M`` reads the source in its native layout (``docs/datasets.md``) with the
 source's reader and writes ``DIR/shard-*.npy`` + ``DIR/manifest.parquet``
 (schema in :mod:`channel_ssl.data.shards`).
 
@@ -182,7 +182,7 @@ def locate_source(source: str, raw_dir: str, out: str | os.PathLike) -> dict:
     if not raw_dir:
         raise UserError(
             f"source {source!r}: no data directory configured. Obtain it ({how}), lay it out "
-            f"as DATASETS.md describes, and set 'sources: raw_dirs: {source}: <dir>' in the config."
+            f"as docs/datasets.md describes, and set 'sources: raw_dirs: {source}: <dir>' in the config."
         )
     path = Path(raw_dir)
     if not path.is_dir() or not any(path.iterdir()):

@@ -1,6 +1,6 @@
 """WTC-11 hiPSC single-cell image dataset v1 (Viana et al. 2023; Allen Institute).
 
-Native layout (quilt package ``aics/hipsc_single_cell_image_dataset``; DATASETS.md 3)::
+Native layout (quilt package ``aics/hipsc_single_cell_image_dataset``; docs/datasets.md section 3)::
 
     <raw>/metadata.csv                    one row per cell
     <raw>/crop_raw/<sha256>_raw.ome.tif    uint16 OME-TIFF (Z, C, Y, X), channels dna, membrane,

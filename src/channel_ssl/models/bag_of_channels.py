@@ -2,7 +2,7 @@
 
 Training feeds single-channel images ``(B, 1, H, W)``: every channel of every image is its own
 sample. At inference an image's K channels go through the same ViT as a batch of K
-single-channel images and per-channel features are kept in channel order (SPEC section 1).
+single-channel images and per-channel features are kept in channel order (docs/paper.md section 1).
 """
 
 from __future__ import annotations

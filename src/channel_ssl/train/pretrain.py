@@ -154,7 +154,7 @@ class CropsConfig:
 
 @dataclass
 class RunConfig:
-    """One pretraining run. Defaults are the paper's / DINOv2's values (SPEC section 2)."""
+    """One pretraining run. Defaults are the paper's / DINOv2's values (docs/paper.md section 2)."""
 
     run: str = ""
     seed: int = 0
