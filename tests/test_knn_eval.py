@@ -255,3 +255,16 @@ def test_l2_normalise_rejects_non_finite_rows_by_index():
     x[1] = 0.0
     with pytest.raises(UserError, match="row 1 is all zeros"):
         _l2_normalise(x)
+
+
+def test_chammi_summary_of_one_dataset():
+    import pandas as pd
+
+    from channel_ssl.eval.knn_eval import chammi_summary
+
+    rows = [("HPA", "Task_one", 0.5), ("HPA", "Task_two", 0.4), ("HPA", "Task_three", 0.6)]
+    scores = pd.DataFrame(rows, columns=["dataset", "task", "f1_score_macro"])
+    summary = chammi_summary(scores, datasets=("HPA",))
+    assert summary == pytest.approx(
+        {"Mean": 50.0, "HPA": 50.0, "HPA Task1": 50.0, "HPA Task2": 40.0, "HPA Task3": 60.0}
+    )

@@ -130,15 +130,15 @@ def test_targets_fail_on_collapse_small_gain_or_flat_mae():
         [_row(f"boc-seed{s}", "boc", 6.0) for s in range(3)]
         + [_row("cvit", "cvit", 3.5), _row("mae", "mae", 2.0, first_mae=1.0, last_mae=0.5)]
     )
-    assert all(met for _, met, _ in judge(good, 3))
+    assert all(met for _, met, _ in judge(good))
     bad = good.copy()
     bad.loc[1, "gain"] = -0.5  # one seed below random init fails the BoC target
-    assert not all(met for _, met, _ in judge(bad, 3))
+    assert not all(met for _, met, _ in judge(bad))
     collapsed = good.copy()
     collapsed.loc[3, ["last_dino", "last_entropy"]] = [5.54, 5.53]
-    results = {name: met for name, met, _ in judge(collapsed, 3)}
+    results = {name: met for name, met, _ in judge(collapsed)}
     assert not results["cvit: last DINO loss <= 0.8 ln K"]
     assert not results["cvit: teacher entropy <= 0.9 ln K at the end"]
     flat = good.copy()
     flat.loc[4, "last_mae"] = 0.9
-    assert not all(met for _, met, _ in judge(flat, 3))
+    assert not all(met for _, met, _ in judge(flat))

@@ -29,16 +29,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from channel_ssl import registry
 from channel_ssl.atomic import write_text as atomic_write_text
 from channel_ssl.config import load_config
+from channel_ssl.data.chammi import DATASETS
 
 log = logging.getLogger("channel_ssl.learning_check")
 
-DATASETS = ("Allen", "HPA", "CP")
 # the registry run whose family/objective a learning-check run takes (one declaration of each)
 TEMPLATE_RUNS = {
     "boc": "P-BoC-L-CHAMMI",
@@ -77,8 +76,6 @@ def run_config(check: CheckRun, config: dict) -> dict:
     cfg = registry.run_config(TEMPLATE_RUNS[check.template], config)
     cfg["run"] = f"learning-{check.name}"
     cfg["seed"] = int(check.seed)
-    if check.template == "fixed":
-        cfg["model"]["in_chans"] = 4  # HPA
     return cfg
 
 
@@ -111,7 +108,8 @@ def prepare_data(out: Path, config: dict) -> dict:
 
 # ------------------------------------------------------------------------------ evaluation
 def score(backbone, family: str, data: dict, datasets, config: dict) -> dict[str, float]:
-    """CHAMMI 1-NN (macro-F1 x 100) of ``backbone``: per task, per dataset OOD mean, Mean."""
+    """CHAMMI 1-NN (macro-F1 x 100) of ``backbone``: per task, per dataset OOD mean, Mean
+    (over ``datasets``)."""
     from channel_ssl.data.shards import ShardStore, load_manifest
     from channel_ssl.eval.extract import extract_features
     from channel_ssl.eval.knn_eval import chammi_summary, evaluate_chammi
@@ -130,16 +128,7 @@ def score(backbone, family: str, data: dict, datasets, config: dict) -> dict[str
             int(config["extract"]["crop_size"]),
             int(config["extract"]["batch_size"]),
         )["cls1"]
-    scores = evaluate_chammi(data["root"], features)
-    if len(datasets) == len(DATASETS):
-        return chammi_summary(scores)
-    # one dataset: its per-task scores and OOD mean ("Mean" is that dataset's OOD mean)
-    out = {}
-    for r in scores.itertuples():
-        out[f"{r.dataset} {r.task}"] = 100.0 * float(r.f1_score_macro)
-    ood = [100.0 * float(r.f1_score_macro) for r in scores.itertuples() if r.task != "Task_one"]
-    out["Mean"] = float(np.mean(ood))
-    return out
+    return chammi_summary(evaluate_chammi(data["root"], features), datasets=tuple(datasets))
 
 
 _LINE = re.compile(r"\[(\d+)/(\d+)\] (.*?) [\d.]+ img/s")
@@ -164,7 +153,7 @@ def parse_log(path: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------- targets
-def judge(rows: pd.DataFrame, n_boc_seeds: int) -> list[tuple[str, bool, str]]:
+def judge(rows: pd.DataFrame) -> list[tuple[str, bool, str]]:
     """``(target, met, numbers)`` for every target."""
     out = []
     boc = rows[rows["template"] == "boc"]
@@ -221,7 +210,7 @@ def render_markdown(rows: pd.DataFrame, spread: dict, targets, seconds: float) -
         "",
         "Demo CHAMMI data at a larger scale, micro ViTs, `config/learning.yaml`. Scores: CHAMMI "
         "1-NN, macro-F1 x 100; `score` is the CHAMMI mean of the per-dataset OOD means "
-        "(fixed-channel HPA run: the HPA OOD mean).",
+        "(fixed-channel HPA run: the mean over HPA's OOD tasks).",
         "",
         f"Random-init spread over the BoC seeds (std of the Mean): {spread['std']:.2f} points "
         f"(values {', '.join(f'{v:.2f}' for v in spread['values'])}).",
@@ -344,7 +333,7 @@ def learning_check(config_path: str, out: Path, seeds: int | None = None) -> int
         "std": float(boc_random.std(ddof=1)) if len(boc_random) > 1 else float("nan"),
         "values": boc_random.tolist(),
     }
-    targets = judge(rows, seeds)
+    targets = judge(rows)
     seconds = time.perf_counter() - t0
     atomic_write_text(out / "summary.csv", rows.to_csv(index=False))
     text = render_markdown(rows, spread, targets, seconds)

@@ -366,11 +366,15 @@ def load_chammi_features(root, features_dir, feature_file: str) -> dict[str, np.
 # --------------------------------------------------------------------------- summary
 
 
-def chammi_summary(scores: pd.DataFrame, metric: str = "f1_score_macro") -> dict[str, float]:
+def chammi_summary(
+    scores: pd.DataFrame, metric: str = "f1_score_macro", datasets: tuple[str, ...] = DATASETS
+) -> dict[str, float]:
     """The paper's CHAMMI columns (percent) from a score table.
 
     Returns keys ``Mean, WTC, HPA, CP`` (OOD means: WTC = Task2, HPA = mean(T2, T3),
     CP = mean(T2, T3, T4); Mean = their mean) and per-task ``WTC Task1 .. CP Task4``.
+    ``datasets``: score only these (e.g. a fixed-channel model that reads one channel count);
+    Mean is then the mean over them.
     """
     missing_cols = [c for c in ("dataset", "task", metric) if c not in scores.columns]
     if missing_cols:
@@ -381,7 +385,7 @@ def chammi_summary(scores: pd.DataFrame, metric: str = "f1_score_macro") -> dict
         raise UserError(f"score table has more than one row for {row['dataset']} {row['task']}")
     value = {(r.dataset, r.task): 100.0 * float(getattr(r, metric)) for r in scores.itertuples()}
     out: dict[str, float] = {}
-    for dataset in DATASETS:
+    for dataset in datasets:
         for i, task in enumerate(
             sorted(TASK_ORDER, key=TASK_ORDER.get)[: TASKS_PER_DATASET[dataset]]
         ):
@@ -391,8 +395,8 @@ def chammi_summary(scores: pd.DataFrame, metric: str = "f1_score_macro") -> dict
         out[PAPER_DATASET[dataset]] = float(
             np.mean([value[(dataset, t)] for t in OOD_TASKS[dataset]])
         )
-    out["Mean"] = float(np.mean([out[PAPER_DATASET[d]] for d in DATASETS]))
-    return {k: out[k] for k in SUMMARY_COLUMNS}
+    out["Mean"] = float(np.mean([out[PAPER_DATASET[d]] for d in datasets]))
+    return {k: out[k] for k in SUMMARY_COLUMNS if k in out}
 
 
 # --------------------------------------------------------------------------- CLI

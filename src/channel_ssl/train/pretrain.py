@@ -72,6 +72,7 @@ from channel_ssl.train.checkpoint import (
     periodic_checkpoint_path,
     save_checkpoint,
 )
+from channel_ssl.train.collapse import CollapseMonitor, teacher_entropy
 from channel_ssl.train.schedules import TrainingSchedules, build_schedules
 
 COMMAND = "pretrain"
@@ -730,80 +731,6 @@ def make_schedules(cfg: RunConfig, resolved: ResolvedRun) -> TrainingSchedules:
     )
 
 
-@torch.no_grad()
-def teacher_entropy(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropies (nats) of teacher target distributions ``(N, P)``.
-
-    Returns ``(per_image, batch)``: the mean over rows of each row's entropy, and the entropy
-    of the batch's mean distribution. ``per_image`` near ln P: the teacher says nothing
-    (uniform collapse); ``batch`` near 0: every image gets the same prototype (one-hot
-    collapse). A learning run has sharp rows (low ``per_image``) spread over many prototypes
-    (high ``batch``).
-    """
-    p = targets.float()
-    per_image = -(p * torch.log(p.clamp(min=1e-12))).sum(dim=-1).mean()
-    mean = p.mean(dim=0)
-    batch = -(mean * torch.log(mean.clamp(min=1e-12))).sum()
-    return per_image, batch
-
-
-class CollapseMonitor:
-    """Warns when the teacher output stays near uniform or near one-hot.
-
-    ``update(per_image, batch, iteration)`` is called at each log line with the two teacher
-    entropies of :func:`teacher_entropy`; after ``patience`` consecutive lines with
-    ``per_image / ln P >= uniform_ratio`` (uniform) or ``batch <= onehot_nats`` (one
-    prototype for the whole batch) it logs one WARNING line (again only after the state
-    changed). Returns ``per_image / ln P``.
-    """
-
-    def __init__(
-        self,
-        n_prototypes: int,
-        *,
-        patience: int = 3,
-        uniform_ratio: float = 0.97,
-        onehot_nats: float = 0.1,
-        logger: logging.Logger | None = None,
-    ) -> None:
-        self.log_k = math.log(n_prototypes)
-        self.patience = patience
-        self.uniform_ratio = uniform_ratio
-        self.onehot_nats = onehot_nats
-        self.log = logger or log
-        self.state = "ok"
-        self.count = 0
-        self.warned: str | None = None
-
-    def update(self, per_image: float, batch: float, iteration: int) -> float:
-        ratio = per_image / self.log_k
-        if ratio >= self.uniform_ratio:
-            state = "uniform"
-        elif batch <= self.onehot_nats:
-            state = "one-hot"
-        else:
-            state = "ok"
-        self.count = self.count + 1 if state == self.state else 1
-        self.state = state
-        if state == "ok":
-            self.warned = None
-        elif self.count >= self.patience and self.warned != state:
-            self.warned = state
-            self.log.warning(
-                "COLLAPSE WARNING at iteration %d: teacher output near %s for %d log lines in a "
-                "row (per-image entropy %.3f = %.3f x ln K, batch entropy %.3f, ln K = %.3f); "
-                "the features are not learning. See docs/learning.md.",
-                iteration,
-                state,
-                self.count,
-                per_image,
-                ratio,
-                batch,
-                self.log_k,
-            )
-        return ratio
-
-
 class DINOv2Objective(nn.Module):
     """Loss modules (with their EMA centres) and the assembly of the total loss.
 
@@ -1211,7 +1138,7 @@ def train(
         if info.is_main:
             logged_values = {k: float(v.detach()) for k, v in terms.items()}
             if monitor is not None:
-                logged_values["entropy_ratio"] = logged_values["teacher_entropy"] / monitor.log_k
+                logged_values["entropy_ratio"] = monitor.ratio(logged_values["teacher_entropy"])
             wrote = progress.step(
                 iteration,
                 items=batch["n_images"] * info.world_size,
@@ -1258,6 +1185,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = [
+    "CollapseMonitor",
     "CorpusSampler",
     "DINOTraining",
     "DINOv2Objective",
@@ -1272,5 +1200,6 @@ __all__ = [
     "load_run_config",
     "parameter_groups",
     "resolve_run",
+    "teacher_entropy",
     "train",
 ]
