@@ -69,17 +69,17 @@ def test_check_config_command(tmp_path, capsys):
 
 def test_registry_tables_need_registered_runs():
     for t in registry.TABLES.values():
-        for row in t.rows:
-            assert row.run in registry.RUNS
+        for row in t.all_rows:
+            assert row.run in registry.RUNS or row.run in registry.REFERENCE_RUNS
             if row.protocol == "probe":
                 assert row.probes and all(p in registry.PROBES for p in row.probes)
             else:
                 assert row.recipe in registry.CHAMMI_RECIPES
     for r in registry.RUNS.values():
-        assert r.corpus in registry.CORPORA
+        assert r.corpus in registry.CORPORA and not r.random_init
     for c in registry.CORPORA.values():
         assert all(s == "chammi" or s in registry.SOURCES for s in c.sources)
-    assert registry.runs_for_targets(["table5"]) == ["P-BoC-L", "P-CViT-L"]
+    assert registry.runs_for_targets(["table5"]) == ["P-BoC-L", "P-CViT-L", "R-RandomInit-BoC-L"]
     assert registry.runs_for_targets(["figure4"]) == ["P-CViT-L-HPAFOV"]
     with pytest.raises(KeyError, match="unknown table"):
         registry.table("table99")
@@ -87,7 +87,10 @@ def test_registry_tables_need_registered_runs():
 
 def test_registry_has_the_papers_24_runs():
     assert len(registry.RUNS) == 24
-    assert set(registry.runs_for_targets(registry.TARGETS)) == set(registry.RUNS)
+    assert set(registry.runs_for_targets(registry.TARGETS)) == {
+        *registry.RUNS,
+        *registry.REFERENCE_RUNS,
+    }
     fixed = {r.name: r for r in registry.RUNS.values() if r.family == "fixed"}
     assert {r.in_chans for r in fixed.values()} == {3, 4, 5}
     assert fixed["P-Fixed-WTC"].objective == "dinov1"

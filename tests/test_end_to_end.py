@@ -14,14 +14,14 @@ from channel_ssl.audit import audit
 from channel_ssl.provenance import read_record
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 # A slice of the smoke DAG that crosses every kind of step: CHAMMI 1-NN (table 5), probes on a
 # non-CHAMMI source with a not-applicable cell (table 10), the ExtendedCHAMMI census (table 7).
 TARGETS = ["table5", "table10", "table7"]
 
 
 def snakemake(*args, check=True):
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    # the venv is not on PATH: the rules must find channel-ssl by themselves (README command)
+    env = dict(os.environ, PATH="/usr/bin:/bin")
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
         cwd=REPO,
@@ -101,8 +101,12 @@ def test_audit_cell_lineage_reaches_the_demo_data(smoke):
     assert score["record_hash"] == read_record(score["path"])["record_hash"]
 
 
+def _tree(results: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(results)), p.stat().st_size) for p in results.rglob("*"))
+
+
 @pytest.mark.slow
-def test_verify_names_an_edited_feature_file_and_the_workflow_repairs_it(smoke):
+def test_an_edited_output_is_never_moved_by_snakemake_and_repair_re_makes_it(smoke, tmp_path):
     results, args = smoke
     feature = results / "features" / "P-BoC-L" / "Allen" / "cls1.npy"
     original = np.load(feature)
@@ -114,8 +118,47 @@ def test_verify_names_an_edited_feature_file_and_the_workflow_repairs_it(smoke):
     assert audit("table5", str(results), "DINO BoC,WTC Task2", verify=True, out=buf) == 1
     assert f"CHANGED: {feature}" in buf.getvalue()
 
-    proc = snakemake(*TARGETS, *args)
-    assert "set aside" in proc.stderr + proc.stdout
+    # no Snakemake invocation moves, renames or deletes anything, whatever its flags
+    before = _tree(results)
+    for flags in (
+        ["-n"],
+        ["-n", "--quiet", "rules"],
+        ["--dag"],
+        ["--rulegraph"],
+        ["--list-rules"],
+        ["--detailed-summary"],
+        ["--report", str(tmp_path / "report.html")],
+        ["--touch"],
+        ["--unlock"],
+    ):
+        snakemake(*TARGETS, *flags, *args)
+        assert _tree(results) == before, flags
+    np.testing.assert_array_equal(np.load(feature), edited)
+
+    # the explicit repair step lists (dry run), then sets aside, and the next run re-makes
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "channel_ssl.cli",
+            "repair",
+            "--results-dir",
+            str(results),
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"changed: {feature}" in out and _tree(results) == before
+    out = subprocess.run(
+        [sys.executable, "-m", "channel_ssl.cli", "repair", "--results-dir", str(results)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"set aside: {feature} -> {feature}.changed-" in out
+    snakemake(*TARGETS, *args)
     buf = io.StringIO()
     assert audit("table5", str(results), "DINO BoC,WTC Task2", verify=True, out=buf) == 0, (
         buf.getvalue()

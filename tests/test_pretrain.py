@@ -157,6 +157,27 @@ def test_tiny_run_trains_checkpoints_and_resumes_identically(family, corpus_path
         assert _same_state(resumed[key], state[key]), key
 
 
+def test_random_init_checkpoint_is_the_network_training_starts_from(corpus_path, tmp_path, capsys):
+    from channel_ssl.cli import main as cli_main
+
+    config = json.dumps(tiny_config("boc", iterations=1, checkpoint_every=1))
+    out = tmp_path / "random"
+    argv = ["pretrain", "--random-init", "--run-config", config, "--out-dir", str(out)]
+    assert cli_main(argv) == 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["random_init"] and state["iteration"] == 0
+    backbone, _ = load_backbone(out / "checkpoint.pt")
+    assert _same_state(state["student"], state["teacher"])
+    # the very networks a real run of this config starts from (same builder, same seed)
+    from channel_ssl.train.pretrain import build_training, load_run_config
+
+    initial = build_training(load_run_config(config), torch.device("cpu"))
+    assert _same_state(backbone.state_dict(), initial.teacher.backbone.state_dict())
+    # a random-init checkpoint trains nothing, so it takes no corpus
+    assert cli_main(argv + ["--corpus", str(corpus_path)]) == 2
+    assert "--random-init trains nothing" in capsys.readouterr().err
+
+
 def test_bad_run_config_key_is_named(corpus_path, tmp_path, capsys):
     with pytest.raises(UserError, match="'dino.n_protoypes'"):
         load_run_config({"dino": {"n_protoypes": 3}})
@@ -218,6 +239,23 @@ def test_sampler_is_balanced_and_homogeneous_in_k(corpus_path):
     rows, channels = boc.draw(4000, generator)
     assert (channels < corpus["n_channels"].to_numpy()[rows]).all()
     assert abs(np.mean(corpus["source"].to_numpy()[rows] == "A") - 0.5) < 0.04
+
+
+def test_boc_sampler_draws_beyond_torch_multinomial_category_limit():
+    # 2**24 + a few (image, channel) pairs: one torch.multinomial over the pairs refuses this
+    n_rows = 2**22 + 1
+    corpus = pd.DataFrame(
+        {"weight": np.full(n_rows, 1.0 / n_rows), "n_channels": np.full(n_rows, 4, np.int64)}
+    )
+    corpus.loc[0, "weight"] = 0.25  # one heavy image: a quarter of all draws, any channel
+    boc = CorpusSampler(corpus, "boc")
+    rows, channels = boc.draw(20000, torch.Generator().manual_seed(0))
+    assert rows.max() < n_rows and (channels >= 0).all() and (channels < 4).all()
+    heavy = rows == 0
+    assert abs(heavy.mean() - 0.25 / (1 + 0.25 - 1.0 / n_rows)) < 0.015
+    # channels of one image uniform
+    counts = np.bincount(channels[heavy], minlength=4) / heavy.sum()
+    assert np.abs(counts - 0.25).max() < 0.03
 
 
 def test_parameter_groups_layer_decay_and_no_weight_decay():

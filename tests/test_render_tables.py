@@ -128,6 +128,45 @@ def test_rendered_cell_cited_rows_and_flag(tmp_path, scores_csv):
     assert "- [2] Printed 43.0, but this row's own task scores give (59.3 + 29.6) / 2 = 44.45" in md
 
 
+def test_reference_row_is_ours_alone_and_marked_not_the_papers(tmp_path, scores_csv):
+    from channel_ssl import registry
+
+    label = registry.table("table5").reference.label
+    assert label == registry.RANDOM_INIT_LABEL and "not in the paper" in label
+    out_csv, out_md = tmp_path / "t5.csv", tmp_path / "t5.md"
+    cells = render_table(
+        "table5",
+        [f"DINO BoC (Ours)={scores_csv}"],
+        out_csv,
+        out_md,
+        reference=[f"{label}={scores_csv}"],
+    )
+    ref = cells[cells.row == label]
+    assert len(ref) == len(cells[cells.row == "DINO BoC (Ours)"])
+    assert (ref.paper == "").all() and (ref.difference == "").all() and (ref.cited == "false").all()
+    assert ref.set_index("column").loc["HPA", "reproduced"] == "45.0"
+    assert ref.note.str.startswith("reference row, not in the paper").all()
+    md = out_md.read_text().splitlines()
+    line = next(x for x in md if x.startswith(f"| {label}"))
+    assert "| 45.0 |" in line and "/" not in line.split("|", 2)[2]
+    # after the paper's rows, and explained in the notes
+    assert md.index(line) > md.index(next(x for x in md if x.startswith("| DINO BoC (Ours)")))
+    assert any(x.startswith(f"- {label}: reference row, not in the paper") for x in md)
+    with pytest.raises(UserError, match="already has a row"):
+        render_table("table5", [], out_csv, out_md, reference=[f"DINO BoC (Ours)={scores_csv}"])
+
+
+def test_every_chammi_table_has_the_random_init_reference_declared_once():
+    from channel_ssl import registry
+
+    with_reference = [n for n, t in registry.TABLES.items() if t.reference]
+    assert with_reference == ["table4", "table5", "table6", "table8", "table12"]
+    assert {registry.TABLES[n].reference.run for n in with_reference} == set(
+        registry.REFERENCE_RUNS
+    )
+    assert all(r.random_init for r in registry.REFERENCE_RUNS.values())
+
+
 def test_byte_identical_rerun(tmp_path, scores_csv):
     outs = []
     for i in range(2):

@@ -56,6 +56,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "channel_ssl.audit",
         "print the lineage of a table cell or output; --verify re-hashes it",
     ),
+    "repair": (
+        "channel_ssl.repair",
+        "set aside outputs changed after they were made (and what used them) to re-make them",
+    ),
     "render-figure": ("channel_ssl.figures", "render a paper figure (UMAP)"),
     "learning-check": (
         "channel_ssl.learning_check",

@@ -76,6 +76,7 @@ def run_config(check: CheckRun, config: dict) -> dict:
     cfg = registry.run_config(TEMPLATE_RUNS[check.template], config)
     cfg["run"] = f"learning-{check.name}"
     cfg["seed"] = int(check.seed)
+    cfg.update(config.get("learning", {}).get("overrides", {}).get(check.template, {}))
     return cfg
 
 
@@ -210,7 +211,9 @@ def render_markdown(rows: pd.DataFrame, spread: dict, targets, seconds: float) -
         "",
         "Demo CHAMMI data at a larger scale, micro ViTs, `config/learning.yaml`. Scores: CHAMMI "
         "1-NN, macro-F1 x 100; `score` is the CHAMMI mean of the per-dataset OOD means "
-        "(fixed-channel HPA run: the mean over HPA's OOD tasks).",
+        "(fixed-channel HPA run: the mean over HPA's OOD tasks). Losses are the first and last "
+        "logged values: `total` is the weighted sum the optimiser sees (DINO + iBOT + KoLeo), "
+        "`dino` the image-level DINO term the targets judge, against ln K (uniform teacher).",
         "",
         f"Random-init spread over the BoC seeds (std of the Mean): {spread['std']:.2f} points "
         f"(values {', '.join(f'{v:.2f}' for v in spread['values'])}).",
@@ -224,10 +227,14 @@ def render_markdown(rows: pd.DataFrame, spread: dict, targets, seconds: float) -
         "random_init",
         "pretrained",
         "gain",
-        "first_loss",
-        "last_loss",
+        "first_total",
+        "last_total",
+        "first_dino",
+        "last_dino",
         "ln_k",
         "last_entropy",
+        "first_mae",
+        "last_mae",
     ]
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))
@@ -299,8 +306,8 @@ def learning_check(config_path: str, out: Path, seeds: int | None = None) -> int
             "random_init": random_scores["Mean"],
             "pretrained": trained_scores["Mean"],
             "gain": trained_scores["Mean"] - random_scores["Mean"],
-            "first_loss": first.get("total", float("nan")),
-            "last_loss": last.get("total", float("nan")),
+            "first_total": first.get("total", float("nan")),
+            "last_total": last.get("total", float("nan")),
             "ln_k": ln_k if cfg.objective != "mae" else float("nan"),
             "first_dino": first.get("dino", float("nan")),
             "last_dino": last.get("dino", float("nan")),

@@ -67,12 +67,16 @@ class Run:
     k_max: int | None = None  # Channel-ViT channel embeddings; None = config's pretrain.k_max
     in_chans: int = 1  # fixed-channel models only
     description: str = ""
+    # a reference, not a paper run: the network at initialisation, never trained (no corpus)
+    random_init: bool = False
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"run {self.name}: unknown family {self.family!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"run {self.name}: unknown objective {self.objective!r}")
+        if bool(self.corpus) == self.random_init:
+            raise ValueError(f"run {self.name}: a trained run needs a corpus, a random-init none")
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,13 @@ class Table:
     title: str
     rows: tuple[Row, ...] = field(default_factory=tuple)
     corpus_summary: str | None = None  # table 7: rendered from this corpus's summary
+    # a row scored by this project that is not in the paper (the random-init reference)
+    reference: Row | None = None
+
+    @property
+    def all_rows(self) -> tuple[Row, ...]:
+        """The paper's reproduced rows, then the reference row (if any)."""
+        return self.rows + ((self.reference,) if self.reference else ())
 
 
 @dataclass(frozen=True)
@@ -225,6 +236,30 @@ RUNS: dict[str, Run] = {
     ]
 }
 
+# Reference runs: scored like the paper's runs, shown in the tables as rows that are not the
+# paper's. The random-init ViT is the BoC ViT-L of P-BoC-L at initialisation (same builder,
+# same seed), so a reader sees what pretraining added.
+REFERENCE_RUNS: dict[str, Run] = {
+    r.name: r
+    for r in [
+        Run(
+            "R-RandomInit-BoC-L",
+            "boc",
+            "L",
+            "",
+            random_init=True,
+            description="random-init ViT (BoC ViT-L, never trained)",
+        ),
+    ]
+}
+RANDOM_INIT_LABEL = "random-init ViT (reference, not in the paper)"
+
+
+def _random_init_reference(protocol: str) -> Row:
+    """The random-init reference row of a CHAMMI table (tables 4, 5, 6, 8, 12)."""
+    return Row(RANDOM_INIT_LABEL, "R-RandomInit-BoC-L", protocol, "cls1")
+
+
 HPA_PROTEIN, HPA_CELL, JUMP_ACC, WTC_CC = (
     "HPA-FOV F1 Protein loc.",
     "HPA-FOV F1 Cell type",
@@ -293,6 +328,7 @@ TABLES: dict[str, Table] = {
                 _chammi("DINO Channel-ViT", "P-CViT-L-CHAMMI", "knn"),
                 _chammi("DINO BoC (Ours)", "P-BoC-L-CHAMMI", "knn"),
             ),
+            reference=_random_init_reference("knn"),
         ),
         Table(
             "table5",
@@ -301,6 +337,7 @@ TABLES: dict[str, Table] = {
                 _chammi("DINO Channel-ViT", "P-CViT-L", "knn"),
                 _chammi("DINO BoC (Ours)", "P-BoC-L", "knn"),
             ),
+            reference=_random_init_reference("knn"),
         ),
         Table(
             "table6",
@@ -310,6 +347,7 @@ TABLES: dict[str, Table] = {
                 _chammi("DINO HA (Ours)", "P-HA-L", "linear"),
                 _chammi("DINO BoC (Ours)", "P-BoC-L", "linear"),
             ),
+            reference=_random_init_reference("linear"),
         ),
         Table("table7", "ExtendedCHAMMI composition", (), corpus_summary="extended"),
         Table(
@@ -319,6 +357,7 @@ TABLES: dict[str, Table] = {
                 _chammi("DINO Channel-ViT (no HCS)", "P-CViT-L", "knn"),
                 _chammi("DINO Channel-ViT (HCS)", "P-CViT-HCS-L", "knn"),
             ),
+            reference=_random_init_reference("knn"),
         ),
         Table(
             "table9",
@@ -376,6 +415,7 @@ TABLES: dict[str, Table] = {
                 _chammi("DINO Channel-ViT (KD)", "P-CViT-L", "linear", "cls1_pool"),
                 _chammi("DINO BoC (KD)", "P-BoC-L", "linear"),
             ),
+            reference=_random_init_reference("linear"),
         ),
     ]
 }
@@ -419,7 +459,8 @@ def figure(name: str) -> Figure:
 
 
 def run(name: str) -> Run:
-    return _lookup(RUNS, name, "run")
+    """A paper run or a reference run."""
+    return _lookup({**RUNS, **REFERENCE_RUNS}, name, "run")
 
 
 def corpus(name: str) -> Corpus:
@@ -441,8 +482,8 @@ def runs_for_targets(names) -> list[str]:
         if n in FIGURES:
             needed.add(figure(n).run)
         else:
-            needed.update(row.run for row in table(n).rows)
-    return [r for r in RUNS if r in needed]
+            needed.update(row.run for row in table(n).all_rows)
+    return [r for r in {**RUNS, **REFERENCE_RUNS} if r in needed]
 
 
 def run_config(name: str, config: dict) -> dict:

@@ -371,6 +371,41 @@ def composition_values(summary_file: str | os.PathLike, table_name: str, table: 
     return out
 
 
+REFERENCE_NOTE = "reference row, not in the paper: scored with the same protocol"
+
+
+def with_reference_rows(
+    table_name: str, table: dict, reference_args: Iterable[str]
+) -> tuple[dict, dict[str, list[str]]]:
+    """``table`` with a row appended per ``LABEL=score file`` reference argument (no paper
+    value, marked as not the paper's), and {label: [score file]}."""
+    files: dict[str, list[str]] = {}
+    rows = list(table["rows"])
+    labels = {row["label"] for row in rows}
+    for arg in reference_args:
+        label, sep, path = arg.partition("=")
+        label = label.strip()
+        if not sep or not path:
+            raise UserError(f"--reference {arg!r}: expected LABEL=SCORE_FILE")
+        if label in labels:
+            raise UserError(f"--reference {label!r}: {table_name} already has a row so named")
+        if table["kind"] == "composition":
+            raise UserError(f"{table_name} is a composition table: --reference does not apply")
+        labels.add(label)
+        files[label] = [path]
+        rows.append(
+            {
+                "label": label,
+                "values": [""] * len(table["columns"]),
+                "cited": False,
+                "reference": True,
+                "notes": {},
+                "attributes": {},
+            }
+        )
+    return {**table, "rows": rows}, files
+
+
 def _fmt(value: float | None, decimals: int = 1) -> str:
     if value is None:
         return ""
@@ -427,7 +462,11 @@ def build_cells(
         for column, paper in zip(table["columns"], row["values"], strict=True):
             text_column = column in table["text_columns"]
             value, source_file = given.get(column, (None, ""))
-            paper_num = None if text_column or paper == NOT_APPLICABLE else float(paper)
+            paper_num = (
+                None
+                if text_column or paper == NOT_APPLICABLE or row.get("reference")
+                else float(paper)
+            )
             repro_num = None
             if value is None:
                 repro_text = ""
@@ -451,7 +490,9 @@ def build_cells(
                     "difference": difference,
                     "cited": "true" if row["cited"] else "false",
                     "source_file": row.get("source", "") if row["cited"] else source_file,
-                    "note": row["notes"].get(column, ""),
+                    "note": REFERENCE_NOTE
+                    if row.get("reference")
+                    else row["notes"].get(column, ""),
                 }
             )
     return pd.DataFrame(records, columns=CSV_COLUMNS)
@@ -461,11 +502,14 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def _cell_text(cell: pd.Series, cited: bool) -> str:
-    """``repro / paper (diff)``; the paper's value alone for cited rows; ``x`` = not applicable."""
+def _cell_text(cell: pd.Series, cited: bool, reference: bool = False) -> str:
+    """``repro / paper (diff)``; the paper's value alone for cited rows, ours alone for
+    reference rows; ``x`` = not applicable."""
     paper, repro = cell["paper"], cell["reproduced"]
     if cited:
         return paper
+    if reference:
+        return repro or "-"
     if not repro:
         return NOT_APPLICABLE if paper == NOT_APPLICABLE else f"- / {paper}"
     if repro == NOT_APPLICABLE and paper == NOT_APPLICABLE:
@@ -526,8 +570,8 @@ def render_markdown(
         ]
         for column in table["columns"]:
             cell = row_cells.loc[column]
-            text = _cell_text(cell, row["cited"])
-            if cell["note"]:
+            text = _cell_text(cell, row["cited"], bool(row.get("reference")))
+            if cell["note"] and not row.get("reference"):
                 if cell["note"] not in footnotes:
                     footnotes.append(cell["note"])
                 text += f" [{footnotes.index(cell['note']) + 1}]"
@@ -538,9 +582,13 @@ def render_markdown(
     if sources:
         lines += ["Sources:", *sources, ""]
     not_applicable = cells[(cells["cited"] == "false") & (cells["reproduced"] == NOT_APPLICABLE)]
-    if table["notes"] or footnotes or len(not_applicable):
+    references = [row["label"] for row in table["rows"] if row.get("reference")]
+    if table["notes"] or footnotes or len(not_applicable) or references:
         lines.append("Notes:")
         lines += [f"- {n}" for n in table["notes"]]
+        lines += [
+            f"- {label}: {REFERENCE_NOTE}; it shows what pretraining added." for label in references
+        ]
         lines += [
             f"- Not applicable in this build: {r.row}, {r.column}."
             for r in not_applicable.itertuples()
@@ -559,11 +607,15 @@ def render_table(
     tables_path: str | os.PathLike | None = None,
     na: Iterable[str] = (),
     summary: str | os.PathLike | None = None,
+    reference: Iterable[str] = (),
 ) -> pd.DataFrame:
     """Render ``table_name`` and return its cells.
 
     Args:
         row_files: ``LABEL=score file`` strings; a label may repeat (one file per task).
+        reference: ``LABEL=score file`` strings: rows this project scores that are not the
+            paper's (the random-init reference), shown after the paper's rows, without a
+            paper value.
         na: ``LABEL=COLUMN`` strings: cells not applicable in this build.
         summary: ExtendedCHAMMI summary JSON, for ``composition`` tables (table 7).
     """
@@ -573,6 +625,8 @@ def render_table(
     table = tables[table_name]
     files = parse_row_args(row_files, table_name, table)
     na_cells = parse_na_args(na, table_name, table)
+    table, reference_files = with_reference_rows(table_name, table, reference)
+    files.update(reference_files)
     cells = build_cells(table_name, table, files, na_cells, summary)
     write_table(out_csv, cells)
     write_text(out_md, render_markdown(table_name, table, cells, note))
@@ -603,6 +657,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--summary",
         help="ExtendedCHAMMI summary JSON (assemble-corpus --extended-chammi), for table 7",
     )
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="LABEL=SCORES",
+        help="a reference row that is not the paper's (e.g. the random-init ViT) and its scores",
+    )
     parser.add_argument("--out-csv", required=True, help="long-format table CSV to write")
     parser.add_argument("--out-md", required=True, help="Markdown table to write")
     parser.add_argument(
@@ -621,5 +682,6 @@ def run(args: argparse.Namespace) -> int:
         tables_path=args.tables,
         na=args.na,
         summary=args.summary,
+        reference=args.reference,
     )
     return 0

@@ -84,7 +84,7 @@ def pretrain(args) -> StepIO:
     if not text.lstrip().startswith("{"):
         text = Path(text).read_text()
     return StepIO(
-        inputs=[args.corpus],
+        inputs=[args.corpus] if args.corpus else [],
         outputs=[os.path.join(args.out_dir, "checkpoint.pt")],
         config=json.loads(text),
     )

@@ -5,44 +5,35 @@ import sys
 from snakemake.utils import validate
 
 from channel_ssl import registry
-from channel_ssl.audit import changed_outputs, set_aside_changed
+from channel_ssl.audit import changed_outputs
+from channel_ssl.environment import put_interpreter_on_path
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"]
 
 
-def set_aside_changed_outputs():
-    """Outputs that no longer match their provenance records (edited by hand, damaged), and
-    the results computed from them, are renamed (.changed-/.stale-<sha>) so the workflow
-    re-makes them; nothing is deleted. A dry run only reports them."""
-    if DRY_RUN_FLAGS & set(sys.argv):
-        changed = changed_outputs(RESULTS)
-        if changed:
-            logger.warning(
-                "provenance: changed after they were made (a real run re-makes them and "
-                "what was computed from them):\n  " + "\n  ".join(changed)
-            )
-        return
-    moved = set_aside_changed(RESULTS)
-    if moved:
+# The rules find `channel-ssl` whether or not its environment is activated or on PATH.
+put_interpreter_on_path()
+
+
+def report_changed_outputs():
+    """Read-only: name the outputs that no longer match their provenance records and say how
+    to set them aside. Nothing is moved here; `channel-ssl repair` does that, when run.
+    """
+    changed = changed_outputs(RESULTS)
+    if changed:
         logger.warning(
-            "provenance: outputs changed after they were made; set aside with what was "
-            "computed from them, and re-made:\n  "
-            + "\n  ".join(f"{path} -> {aside}" for path, aside in moved)
+            "provenance: these outputs changed after they were made, and what was computed "
+            "from them still uses them:\n  "
+            + "\n  ".join(changed)
+            + f"\nSet them aside (nothing is deleted) and re-make them with:\n  "
+            f"channel-ssl repair --results-dir {RESULTS} && snakemake ..."
         )
 
 
-DRY_RUN_FLAGS = {
-    "-n",
-    "--dry-run",
-    "--dryrun",
-    "--lint",
-    "--summary",
-    "-D",
-    "--list-changes",
-}
-set_aside_changed_outputs()
+onstart:
+    report_changed_outputs()
 
 
 def res(path):
@@ -56,7 +47,7 @@ CHAMMI_DATASETS = list(registry.CHAMMI_DATASETS)
 wildcard_constraints:
     dataset="|".join(CHAMMI_DATASETS),
     source="[a-z0-9_]+",
-    run="|".join(registry.RUNS),
+    run="|".join([*registry.RUNS, *registry.REFERENCE_RUNS]),
     protocol="knn|linear",
     recipe="[a-z0-9_]+",
     corpus="|".join(registry.CORPORA),
@@ -205,7 +196,7 @@ def table_inputs(wildcards):
     t = registry.table(wildcards.table)
     if t.corpus_summary:
         return [res(f"corpora/{t.corpus_summary}/corpus.parquet")]
-    return [f for row in t.rows for f in row_score_files(row)]
+    return [f for row in t.all_rows for f in row_score_files(row)]
 
 
 def table_args(wildcards):
@@ -216,6 +207,8 @@ def table_args(wildcards):
     for row in t.rows:
         args += [f"--row '{row.label}={f}'" for f in row_score_files(row, select=True)]
         args += [f"--na '{row.label}={column}'" for column in row.na]
+    if t.reference:
+        args += [f"--reference '{t.reference.label}={row_score_files(t.reference)[0]}'"]
     return " ".join(args)
 
 
@@ -242,7 +235,7 @@ def table_how(name):
     if t.corpus_summary:
         return "Counted from the assembled ExtendedCHAMMI corpus (kept / total per source)."
     parts = []
-    for row in t.rows:
+    for row in t.all_rows:
         if row.protocol == "probe":
             how = (
                 "linear probes ("

@@ -9,6 +9,8 @@ rule pretrain:
         res("pretrain/{run}/checkpoint.pt"),
     log:
         res("logs/pretrain/{run}.log"),
+    wildcard_constraints:
+        run="|".join(registry.RUNS),
     conda:
         "../../envs/train.yaml"
     threads: config["resources"]["pretrain"]["threads"]
@@ -27,3 +29,21 @@ rule pretrain:
         "{params.launcher} channel-ssl pretrain --corpus {input.corpus}"
         " --run-config '{params.run_config}' --out-dir {params.out_dir}"
         " --threads {threads} --log {log}"
+
+
+# A reference run (registry.REFERENCE_RUNS): the network at initialisation, never trained.
+rule random_init:
+    output:
+        res("pretrain/{run}/checkpoint.pt"),
+    log:
+        res("logs/pretrain/{run}.log"),
+    wildcard_constraints:
+        run="|".join(registry.REFERENCE_RUNS),
+    conda:
+        "../../envs/train.yaml"
+    params:
+        run_config=run_config_json,
+        out_dir=lambda w, output: os.path.dirname(output[0]),
+    shell:
+        "channel-ssl pretrain --random-init --run-config '{params.run_config}'"
+        " --out-dir {params.out_dir} --log {log}"

@@ -345,13 +345,23 @@ def iteration_seed(seed: int, iteration: int, rank: int, stream: int) -> int:
     return int(sequence.generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+def weighted_draws(cumulative: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` indices drawn with replacement, P(i) proportional to the weights whose running
+    sum is ``cumulative`` (float64). Unlike ``torch.multinomial`` (at most 2**24 categories)
+    this has no limit on the number of categories: ExtendedCHAMMI has ~7.7 M images."""
+    total = cumulative[-1]
+    u = torch.rand(n, generator=generator, dtype=torch.float64) * total
+    return torch.searchsorted(cumulative, u, right=True).clamp_(max=len(cumulative) - 1)
+
+
 class CorpusSampler:
     """Weighted sampling with replacement of a batch homogeneous in K.
 
     Joint families (cvit, ha, fixed): units are rows; the K-group is drawn by its total weight,
     then rows within it. BoC: units are (row, channel) pairs carrying weight / K each, all of
-    one group. ``draw(n, generator)`` -> ``(rows, channels)``; ``channels`` is None for joint
-    families.
+    one group; drawn as a row by its weight, then one of its K channels uniformly (the same
+    distribution, without materialising the ~35 M pairs of ExtendedCHAMMI).
+    ``draw(n, generator)`` -> ``(rows, channels)``; ``channels`` is None for joint families.
     """
 
     def __init__(self, corpus: pd.DataFrame, family: str, in_chans: int = 1):
@@ -365,29 +375,32 @@ class CorpusSampler:
                     f"corpus row {int(wrong[0])} has {int(n_channels[wrong[0]])} channels but the "
                     f"fixed-channel model takes model.in_chans={in_chans}"
                 )
-        self.groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        # (rows of the group, running sum of their weights)
+        self.groups: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.bag_of_channels:
-            rows = np.repeat(np.arange(len(corpus)), n_channels)
-            channels = np.concatenate([np.arange(k) for k in n_channels])
-            unit_weights = np.repeat(weights / n_channels, n_channels)
-            self.groups.append(
-                (torch.from_numpy(rows), torch.from_numpy(channels), torch.from_numpy(unit_weights))
-            )
+            self.n_channels = torch.from_numpy(n_channels)
+            self.groups.append((torch.arange(len(corpus)), torch.from_numpy(np.cumsum(weights))))
         else:
             for k in sorted(set(n_channels.tolist())):
                 rows = np.flatnonzero(n_channels == k)
-                self.groups.append((torch.from_numpy(rows), None, torch.from_numpy(weights[rows])))
+                self.groups.append(
+                    (torch.from_numpy(rows), torch.from_numpy(np.cumsum(weights[rows])))
+                )
         self.group_weights = torch.tensor(
-            [float(g[2].sum()) for g in self.groups], dtype=torch.float64
+            [float(g[1][-1]) for g in self.groups], dtype=torch.float64
         )
         if float(self.group_weights.sum()) <= 0:
             raise UserError("corpus: all sampling weights are 0")
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray | None]:
         group = int(torch.multinomial(self.group_weights, 1, generator=generator))
-        rows, channels, weights = self.groups[group]
-        picks = torch.multinomial(weights, n, replacement=True, generator=generator)
-        return rows[picks].numpy(), None if channels is None else channels[picks].numpy()
+        rows, cumulative = self.groups[group]
+        picks = rows[weighted_draws(cumulative, n, generator)]
+        if not self.bag_of_channels:
+            return picks.numpy(), None
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        channels = (u * self.n_channels[picks]).long().clamp_(max=self.n_channels[picks] - 1)
+        return picks.numpy(), channels.numpy()
 
 
 class PretrainBatches(torch.utils.data.Dataset):
@@ -1162,10 +1175,39 @@ def train(
     return final
 
 
+def save_random_init(run_config: RunConfig | dict | str, out_dir: str | os.PathLike) -> Path:
+    """The checkpoint of a run at initialisation, before any training step (a reference:
+    what pretraining adds is the difference to it). Same format as a trained checkpoint, built
+    exactly as :func:`train` builds its networks, with ``iteration`` 0 and ``random_init``."""
+    cfg = run_config if isinstance(run_config, RunConfig) else load_run_config(run_config)
+    training = build_training(cfg, torch.device("cpu"))
+    final = Path(out_dir) / "checkpoint.pt"
+    state = {
+        **training.state_dict(),
+        "iteration": 0,
+        "total_iterations": 0,
+        "random_init": True,
+        "run_config": cfg.to_dict(),
+    }
+    save_checkpoint(final, state)
+    log.info(
+        "wrote %s: %s %s at random initialisation (seed %d), not trained",
+        final,
+        cfg.model.family,
+        cfg.model.arch,
+        cfg.seed,
+    )
+    return final
+
+
 # -------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--corpus", help="corpus table (parquet) from assemble-corpus")
     parser.add_argument(
-        "--corpus", required=True, help="corpus table (parquet) from assemble-corpus"
+        "--random-init",
+        action="store_true",
+        help="write the run's checkpoint at random initialisation, without training "
+        "(a reference row; needs no corpus)",
     )
     parser.add_argument(
         "--run-config", required=True, help="run config: a JSON file or a JSON string"
@@ -1180,6 +1222,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.random_init:
+        if args.corpus:
+            raise UserError("--random-init trains nothing: give no --corpus")
+        save_random_init(args.run_config, args.out_dir)
+        return 0
+    if not args.corpus:
+        raise UserError("--corpus is required (unless --random-init)")
     train(args.corpus, args.run_config, args.out_dir, device=args.device)
     return 0
 
@@ -1200,6 +1249,7 @@ __all__ = [
     "load_run_config",
     "parameter_groups",
     "resolve_run",
+    "save_random_init",
     "teacher_entropy",
     "train",
 ]
