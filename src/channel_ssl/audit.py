@@ -313,4 +313,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return audit(args.target, args.results_dir, args.cell, args.verify)
-
