@@ -136,3 +136,14 @@ def test_dino_head_shapes_and_normalisation():
         head.prototypes.mul_(7.0)
         torch.testing.assert_close(head(x), logits)
     assert DINOHead(12, 10, 16, 8, nlayers=1)(x).shape == (4, 10)
+
+
+def test_ibot_centre_stays_finite_when_a_batch_masks_no_patch():
+    loss = IBOTPatchLoss(8)
+    before = loss.center.clone()
+    targets = loss.teacher_targets(torch.zeros(0, 8), 0.04)
+    assert targets.shape == (0, 8)
+    loss._targets.update_center(torch.zeros(0, 8))
+    assert torch.isfinite(loss.center).all() and torch.equal(loss.center, before)
+    loss._targets.update_center(torch.ones(3, 8))
+    assert torch.allclose(loss.center, torch.full((1, 8), 0.1))

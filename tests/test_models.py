@@ -352,3 +352,29 @@ def test_hcs_same_for_batch_and_bad_input():
         draw_channel_subset(2, 0, generator)
     with pytest.raises(ValueError, match="expected"):
         gather_channels(images(), torch.zeros(3, 1, dtype=torch.long))
+
+
+def test_timm_floor_is_the_one_the_models_need_and_pyproject_declares():
+    import inspect
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block
+
+    from channel_ssl.models.vit import TIMM_MIN, check_timm_version
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    deps = [d for group in pyproject["project"]["optional-dependencies"].values() for d in group]
+    floors = {re.match(r"timm>=([\d.]+)", d).group(1) for d in deps if d.startswith("timm")}
+    assert floors == {TIMM_MIN}
+    # what the models call exists in the installed timm
+    assert {"attn_layer", "proj_bias"} <= set(inspect.signature(Block.__init__).parameters)
+    assert "is_causal" in inspect.signature(Attention.forward).parameters
+    check_timm_version(TIMM_MIN)
+    check_timm_version("1.0.31+cu")
+    with pytest.raises(ImportError, match=r"timm 1.0.25 is too old.*timm>=1.0.26"):
+        check_timm_version("1.0.25")
+    with pytest.raises(ImportError, match="too old"):
+        check_timm_version("0.9.16")

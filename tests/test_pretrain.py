@@ -215,11 +215,20 @@ def test_boc_pixel_budget_and_derived_values(corpus_path):
     # balanced sources of 3 and 2 channels: 2.5 channels per sampled image
     assert resolved.boc_iterations_multiplier == pytest.approx(2.5)
     assert resolved.total_iterations == 90
-    assert resolved.warmup_iterations == 50  # 20 of 36 "epochs"
-    assert resolved.freeze_last_layer_iterations == 2
+    # an epoch is iterations / 36 = 1 iteration, for BoC too: its longer run keeps the
+    # warm-ups of the others (DINOv2's epochs are a fixed number of iterations)
+    assert resolved.warmup_iterations == 20 and resolved.warmup_teacher_temp_iterations == 20
+    assert resolved.freeze_last_layer_iterations == 1
     assert resolved.lr == pytest.approx(5e-4 * 0.5)  # sqrt(256 / 1024)
     joint = resolve_run(load_run_config({"model": {"family": "cvit"}, "iterations": 36}), corpus)
     assert joint.total_iterations == 36 and joint.boc_iterations_multiplier == 1.0
+    assert joint.warmup_iterations == 20 and joint.freeze_last_layer_iterations == 1
+    # paper scale: 45,000 iterations = 36 epochs of 1,250; the 20 warm-up epochs are 25,000
+    # iterations for P-BoC-L as for P-CViT-L, although BoC trains x mean-channels longer
+    paper = load_run_config({"model": {"family": "boc"}, "iterations": 45000})
+    big = resolve_run(paper, corpus)
+    assert big.total_iterations == 112500 and big.warmup_iterations == 25000
+    assert big.freeze_last_layer_iterations == 1250
 
 
 def test_sampler_is_balanced_and_homogeneous_in_k(corpus_path):
@@ -275,13 +284,63 @@ def test_parameter_groups_layer_decay_and_no_weight_decay():
     assert by_param[id(named["backbone.patch_embed.weight"])]["lr_mult"] == pytest.approx(
         0.2 * 0.5 ** (n + 1)
     )
+    # DINOv2's rule: no weight decay on biases, norms and LayerScale gammas, and only there
+    for name, decays in named.items():
+        exempt = name.endswith(".bias") or "norm" in name or "gamma" in name
+        assert by_param[id(decays)]["wd_mult"] == (0.0 if exempt else 1.0), name
+    for name in ("backbone.blocks.0.attn.qkv.bias", "backbone.norm.weight"):
+        assert by_param[id(named[name])]["wd_mult"] == 0.0, name
+    assert any("gamma" in n for n in named)
     for name in (
         "backbone.pos_embed",
         "backbone.cls_token",
         "backbone.channel_embed.weight",
-        "backbone.blocks.0.attn.qkv.bias",
+        "backbone.blocks.0.attn.qkv.weight",
+        "dino_head.prototypes",
     ):
-        assert by_param[id(named[name])]["wd_mult"] == 0.0, name
-    assert by_param[id(named["backbone.blocks.0.attn.qkv.weight"])]["wd_mult"] == 1.0
+        assert by_param[id(named[name])]["wd_mult"] == 1.0, name
     assert by_param[id(named["dino_head.prototypes"])]["is_last_layer"]
     assert sum(len(g["params"]) for g in groups) == len(named)
+
+
+def test_gradients_are_clipped_per_part_as_dinov2_does():
+    from channel_ssl.train.pretrain import clip_gradients
+
+    network = build_network(load_run_config(tiny_config("boc")), drop_path=0.0)
+    for p in network.parameters():
+        p.grad = torch.zeros_like(p)
+    network.backbone.patch_embed.weight.grad.fill_(100.0)  # a huge backbone gradient
+    head_weight = network.dino_head.mlp[0].weight
+    head_weight.grad.fill_(1e-3)  # a small head gradient
+    small = head_weight.grad.norm().item()
+    norms = clip_gradients(network, 3.0)
+    assert len(norms) == len(list(network.children()))
+    backbone_norm = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in network.backbone.parameters()])
+    )
+    assert backbone_norm == pytest.approx(3.0, rel=1e-4)
+    # one global norm would have scaled the head's gradient down too
+    assert head_weight.grad.norm().item() == pytest.approx(small)
+
+
+def test_last_layer_freeze_is_a_zero_lr_and_the_prototypes_still_decay_after(corpus_path, tmp_path):
+    config = tiny_config(
+        "boc", iterations=4, freeze_last_layer_iterations=2, checkpoint_every=1, keep_checkpoints=4
+    )
+    train(corpus_path, json.dumps(config), tmp_path / "run")
+    ckpts = [load_checkpoint(tmp_path / "run" / "checkpoints" / f"ckpt-{i}.pt") for i in (1, 2, 4)]
+    protos = [c["student_dino_head"]["prototypes"] for c in ckpts]
+    assert torch.equal(protos[0], protos[1])  # frozen for the first 2 iterations
+    assert not torch.equal(protos[1], protos[2])  # then trained
+    # the optimiser kept the prototypes' moments during the freeze (lr 0, not grad None)
+    optimizer = ckpts[1]["optimizer"]
+    last = [i for g in optimizer["param_groups"] if g["is_last_layer"] for i in g["params"]]
+    assert last and all("exp_avg" in optimizer["state"][i] for i in last)
+
+
+def test_only_the_newest_periodic_checkpoints_are_kept(corpus_path, tmp_path):
+    config = tiny_config("cvit", iterations=5, checkpoint_every=1, keep_checkpoints=2)
+    train(corpus_path, json.dumps(config), tmp_path / "run")
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == ["ckpt-4.pt", "ckpt-5.pt"]
+    assert (tmp_path / "run" / "checkpoint.pt").exists()

@@ -151,7 +151,7 @@ def test_reference_row_is_ours_alone_and_marked_not_the_papers(tmp_path, scores_
     assert "| 45.0 |" in line and "/" not in line.split("|", 2)[2]
     # after the paper's rows, and explained in the notes
     assert md.index(line) > md.index(next(x for x in md if x.startswith("| DINO BoC (Ours)")))
-    assert any(x.startswith(f"- {label}: reference row, not in the paper") for x in md)
+    assert any(x.startswith(f"- {label}: the network at initialisation") for x in md)
     with pytest.raises(UserError, match="already has a row"):
         render_table("table5", [], out_csv, out_md, reference=[f"DINO BoC (Ours)={scores_csv}"])
 

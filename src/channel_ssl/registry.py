@@ -542,6 +542,7 @@ def run_config(name: str, config: dict) -> dict:
             "local_crops_scale": list(p["local_crops_scale"]),
         },
         "checkpoint_every": p["checkpoint_every"],
+        "keep_checkpoints": p["keep_checkpoints"],
         "log_every": p["log_every"],
         "num_workers": p["num_workers"],
         "precision": p["precision"],

@@ -587,7 +587,9 @@ def render_markdown(
         lines.append("Notes:")
         lines += [f"- {n}" for n in table["notes"]]
         lines += [
-            f"- {label}: {REFERENCE_NOTE}; it shows what pretraining added." for label in references
+            f"- {label}: the network at initialisation, never trained, scored with the same "
+            "protocol; it shows what pretraining added."
+            for label in references
         ]
         lines += [
             f"- Not applicable in this build: {r.row}, {r.column}."

@@ -100,12 +100,15 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
-        """center <- m * center + (1 - m) * mean of ``teacher_logits (N, P)`` over all processes."""
+        """center <- m * center + (1 - m) * mean of ``teacher_logits (N, P)`` over all processes
+        (unchanged when N is 0 on every process)."""
         batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
         count = torch.tensor(float(teacher_logits.shape[0]), device=batch_sum.device)
         if _distributed():
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)
+        if float(count) == 0:
+            return  # nothing to average (an iBOT batch that masks no patch): keep the centre
         batch_center = batch_sum / count
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 

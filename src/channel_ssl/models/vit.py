@@ -26,11 +26,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import Attention, trunc_normal_
-from timm.models.vision_transformer import Block
 from torch import nn
+
+# The oldest timm these models run on (pyproject.toml says the same; a test keeps them equal):
+# Block(attn_layer=, proj_bias=) and Attention.forward(is_causal=). Measured: 1.0.16-1.0.20
+# lack Block's attn_layer, 1.0.24-1.0.25 Attention's is_causal; 1.0.26 runs every family.
+TIMM_MIN = "1.0.26"
+
+
+def check_timm_version(version: str) -> None:
+    """ImportError naming the installed and the needed timm when ``version`` is too old."""
+
+    def parts(v: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in v.split("+")[0].split(".")[:3] if p.isdigit())
+
+    if parts(version) < parts(TIMM_MIN):
+        raise ImportError(
+            f"timm {version} is too old for channel-ssl's models: they need timm>={TIMM_MIN} "
+            "(Block(attn_layer=...), Attention.forward(is_causal=...)); "
+            f"pip install 'timm>={TIMM_MIN}'"
+        )
+
+
+check_timm_version(timm.__version__)
+
+from timm.layers import Attention, trunc_normal_  # noqa: E402
+from timm.models.vision_transformer import Block  # noqa: E402
 
 try:  # optional: only used on CUDA; the CPU path never needs it
     from xformers.ops import memory_efficient_attention as _xformers_attention

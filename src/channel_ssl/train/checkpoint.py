@@ -48,17 +48,33 @@ def periodic_checkpoint_path(directory: str | os.PathLike, iteration: int) -> Pa
     return Path(directory) / f"ckpt-{iteration}.pt"
 
 
-def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The ``ckpt-<iteration>.pt`` of ``directory`` with the highest iteration, or None."""
+def periodic_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(iteration, path)`` of every ``ckpt-<iteration>.pt`` of ``directory``, oldest first."""
     directory = Path(directory)
     if not directory.is_dir():
-        return None
+        return []
     found = []
     for entry in directory.iterdir():
         match = CHECKPOINT_PATTERN.match(entry.name)
         if match:
             found.append((int(match.group(1)), entry))
-    return max(found)[1] if found else None
+    return sorted(found)
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The ``ckpt-<iteration>.pt`` of ``directory`` with the highest iteration, or None."""
+    found = periodic_checkpoints(directory)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest periodic checkpoints (a ViT-L one with optimiser
+    state is ~5 GB; the final ``checkpoint.pt`` is never touched). Returns what was deleted."""
+    found = periodic_checkpoints(directory)
+    doomed = [path for _, path in found[: max(0, len(found) - keep)]]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
 
 
 def backbone_from_run_config(run_config: dict) -> nn.Module:

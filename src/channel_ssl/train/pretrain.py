@@ -70,6 +70,7 @@ from channel_ssl.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     periodic_checkpoint_path,
+    prune_checkpoints,
     save_checkpoint,
 )
 from channel_ssl.train.collapse import CollapseMonitor, teacher_entropy
@@ -112,7 +113,7 @@ class DinoConfig:
     student_temp: float = 0.1
     teacher_temp: float = 0.07
     warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_iterations: int | None = None  # None: 20/36 of the run
+    warmup_teacher_temp_iterations: int | None = None  # None: 20 epochs (iterations / 36 each)
     centering: str = "centering"
     center_momentum: float = 0.9
 
@@ -168,14 +169,14 @@ class RunConfig:
     lr: float = 5e-4
     lr_ref_batch: int = 1024
     min_lr: float = 1e-6
-    warmup_iterations: int | None = None  # None: 20/36 of the run (20 of 36 DINOv2 epochs)
+    warmup_iterations: int | None = None  # None: 20 of 36 epochs, an epoch = iterations / 36
     weight_decay: float = 0.04
     weight_decay_end: float = 0.2
     clip_grad: float = 3.0
     layerwise_decay: float = 0.9
     patch_embed_lr_mult: float = 0.2
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    freeze_last_layer_iterations: int | None = None  # None: 1/36 of the run (one epoch)
+    freeze_last_layer_iterations: int | None = None  # None: one epoch (iterations / 36)
     boc_pixel_budget: bool = True
     dino: DinoConfig = field(default_factory=DinoConfig)
     ibot: IbotConfig = field(default_factory=IbotConfig)
@@ -183,6 +184,7 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     crops: CropsConfig = field(default_factory=CropsConfig)
     checkpoint_every: int = 1000
+    keep_checkpoints: int = 3  # periodic checkpoints kept (newest); the final one always
     log_every: int = 10
     num_workers: int = 0
     precision: str = "fp32"
@@ -265,7 +267,14 @@ def validate_run_config(cfg: RunConfig) -> None:
         "dino.centering",
         f"is {cfg.dino.centering!r}; valid: centering, sinkhorn_knopp",
     )
-    for key in ("iterations", "batch_size", "lr_ref_batch", "checkpoint_every", "log_every"):
+    for key in (
+        "iterations",
+        "batch_size",
+        "lr_ref_batch",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+    ):
         _require(int(getattr(cfg, key)) >= 1, key, "must be >= 1")
     _require(cfg.crops.global_crops_number >= 1, "crops.global_crops_number", "must be >= 1")
     _require(
@@ -378,7 +387,7 @@ class CorpusSampler:
         # (rows of the group, running sum of their weights)
         self.groups: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.bag_of_channels:
-            self.n_channels = torch.from_numpy(n_channels)
+            self.n_channels = torch.tensor(n_channels)
             self.groups.append((torch.arange(len(corpus)), torch.from_numpy(np.cumsum(weights))))
         else:
             for k in sorted(set(n_channels.tolist())):
@@ -602,7 +611,12 @@ def build_network(cfg: RunConfig, *, drop_path: float) -> SSLNetwork:
 
 
 _BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
-_NO_DECAY_NAMES = ("pos_embed", "token", "channel_embed")
+
+
+def no_weight_decay(name: str) -> bool:
+    """DINOv2's rule (``get_params_groups_with_decay``): biases, norms and LayerScale gammas
+    only; position and channel embeddings, CLS/mask/channel tokens and prototypes decay."""
+    return name.endswith(".bias") or "norm" in name or "gamma" in name
 
 
 def parameter_groups(
@@ -613,7 +627,9 @@ def parameter_groups(
     Layer-wise lr decay over the backbone: embeddings and tokens are layer 0, block i is layer
     i + 1, the final norm is layer n_blocks + 1; lr_mult = decay ** (n_blocks + 1 - layer).
     Patch-embedding weights get ``patch_embed_lr_mult`` on top. Heads: lr_mult 1. No weight
-    decay on biases, norms, LayerScale gammas (all 1-D), position embeddings and tokens.
+    decay on biases, norms and LayerScale gammas only (:func:`no_weight_decay`). The groups
+    holding the prototypes are marked ``is_last_layer``: their lr is 0 while the last layer
+    is frozen.
     ``network`` is an :class:`SSLNetwork` or an ``MAENetwork`` (its decoder counts as a head).
     """
     n_blocks = network.backbone.n_blocks
@@ -636,8 +652,7 @@ def parameter_groups(
                 lr_mult *= patch_embed_lr_mult
         elif name.endswith("prototypes"):
             is_last_layer = True
-        no_decay = param.ndim <= 1 or any(key in name for key in _NO_DECAY_NAMES)
-        wd_mult = 0.0 if no_decay else 1.0
+        wd_mult = 0.0 if no_weight_decay(name) else 1.0
         key = (lr_mult, wd_mult, is_last_layer)
         group = groups.setdefault(
             key,
@@ -645,6 +660,18 @@ def parameter_groups(
         )
         group["params"].append(param)
     return list(groups.values())
+
+
+def clip_gradients(network: nn.Module, max_norm: float) -> list[float]:
+    """Clip the gradient norm of each part of ``network`` separately (backbone, DINO head,
+    iBOT head; backbone and decoder for MAE), as DINOv2 clips each student submodule; returns
+    the norms before clipping."""
+    norms = []
+    for part in network.children():
+        params = [p for p in part.parameters() if p.grad is not None]
+        if params:
+            norms.append(float(nn.utils.clip_grad_norm_(params, max_norm)))
+    return norms
 
 
 # ------------------------------------------------------------------------------ distributed
@@ -710,7 +737,10 @@ def resolve_run(cfg: RunConfig, corpus: pd.DataFrame) -> ResolvedRun:
     if cfg.boc_pixel_budget and cfg.model.family == "boc":
         multiplier = mean_channels(corpus)
     total = max(1, int(round(cfg.iterations * multiplier)))
-    epoch = total / PAPER_EPOCHS
+    # An epoch is a fixed number of iterations (DINOv2: 1,250), the run's un-stretched length
+    # / 36: BoC trains "a proportionally larger number of epochs", so its pixel budget makes
+    # the run longer but leaves the warm-ups and the last-layer freeze as long as the others'.
+    epoch = cfg.iterations / PAPER_EPOCHS
 
     def derived(value, epochs):
         return int(value) if value is not None else int(round(epoch * epochs))
@@ -825,9 +855,6 @@ class DINOTraining:
         self.teacher.eval()
         self.with_channel_tokens = cfg.model.family == "ha" and cfg.ha_channel_losses
         self.objective = DINOv2Objective(cfg, self.with_channel_tokens).to(device)
-        self.prototype_params = [self.student.dino_head.prototypes] + (
-            [self.student.ibot_head.prototypes] if self.student.ibot_head is not None else []
-        )
 
     def loss_terms(self, model: nn.Module, batch: dict, values: dict) -> dict:
         """Named loss terms of one batch, ``total`` included; ``model`` is the (wrapped) student."""
@@ -851,9 +878,7 @@ class DINOTraining:
         return self.objective(student_out, teacher_out, batch["masks"], values["teacher_temp"])
 
     def before_optimizer_step(self, values: dict) -> None:
-        if values["freeze_last_layer"]:
-            for param in self.prototype_params:
-                param.grad = None  # last-layer freeze: the prototypes do not move yet
+        """Nothing: the last-layer freeze is the prototypes' lr of 0 (see :func:`train`)."""
 
     @torch.no_grad()
     def after_optimizer_step(self, values: dict) -> None:
@@ -1116,7 +1141,6 @@ def train(
         persistent_workers=False,
     )
     use_bf16 = cfg.precision == "bf16" and device_kind == "cuda"
-    student_params = [p for p in student.parameters() if p.requires_grad]
     progress = ProgressLogger(
         resolved.total_iterations, every=cfg.log_every, unit="img", logger=log, start=start
     )
@@ -1128,7 +1152,9 @@ def train(
     for iteration, batch in zip(range(start, resolved.total_iterations), loader, strict=True):
         values = schedules.at(iteration)
         for group in optimizer.param_groups:
-            group["lr"] = values["lr"] * group["lr_mult"]
+            # the last-layer freeze sets the prototypes' lr to 0, as DINOv2 does
+            frozen = group["is_last_layer"] and values.get("freeze_last_layer", False)
+            group["lr"] = 0.0 if frozen else values["lr"] * group["lr_mult"]
             group["weight_decay"] = values["weight_decay"] * group["wd_mult"]
         batch = _to_device(batch, torch_device)
         # stochastic depth draws from the global generator: reseed it per iteration
@@ -1142,9 +1168,7 @@ def train(
         loss.backward()
         training.before_optimizer_step(values)
         if cfg.clip_grad > 0:
-            nn.utils.clip_grad_norm_(
-                [p for p in student_params if p.grad is not None], cfg.clip_grad
-            )
+            clip_gradients(student, cfg.clip_grad)
         optimizer.step()
         training.after_optimizer_step(values)
         done = iteration + 1
@@ -1164,6 +1188,7 @@ def train(
                 )
         if info.is_main and done % cfg.checkpoint_every == 0:
             save_checkpoint(periodic_checkpoint_path(checkpoint_dir, done), checkpoint_state(done))
+            prune_checkpoints(checkpoint_dir, cfg.keep_checkpoints)
         iteration = done
     final = out_dir / "checkpoint.pt"
     if info.is_main:
