@@ -344,3 +344,49 @@ def test_only_the_newest_periodic_checkpoints_are_kept(corpus_path, tmp_path):
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert kept == ["ckpt-4.pt", "ckpt-5.pt"]
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_sigusr1_checkpoints_exits_for_requeue_and_resumes_bit_identically(
+    corpus_path, tmp_path, monkeypatch, caplog
+):
+    import os
+    import signal
+
+    from channel_ssl.train import pretrain as pretrain_module
+    from channel_ssl.train.preemption import REQUEUE_EXIT, StopRequested
+
+    config = json.dumps(tiny_config("cvit", iterations=6, checkpoint_every=100))
+    reference = load_checkpoint(train(corpus_path, config, tmp_path / "uninterrupted"))
+
+    # SIGUSR1 arrives during iteration 3 (as SLURM sends it ahead of the time limit)
+    real_at = pretrain_module.TrainingSchedules.at
+
+    def at(self, iteration):
+        if iteration == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real_at(self, iteration)
+
+    monkeypatch.setattr(pretrain_module.TrainingSchedules, "at", at)
+    out = tmp_path / "stopped"
+    with (
+        caplog.at_level(logging.WARNING, logger="channel_ssl"),
+        pytest.raises(StopRequested) as stop,
+    ):
+        train(corpus_path, config, out)
+    assert stop.value.code == REQUEUE_EXIT and stop.value.iteration == 3
+    assert "received SIGUSR1" in caplog.text and "stopped at iteration 3/6" in caplog.text
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["ckpt-3.pt"]
+    assert not (out / "checkpoint.pt").exists()
+    assert signal.getsignal(signal.SIGUSR1) is not None  # the handler was put back
+    monkeypatch.setattr(pretrain_module.TrainingSchedules, "at", real_at)
+
+    # a killed write left a temporary; the newest checkpoint is damaged: both handled on resume
+    (out / "checkpoints" / ".ckpt-4.pt.x1y2.tmp.pt").write_bytes(b"partial")
+    (out / "checkpoints" / "ckpt-5.pt").write_bytes(b"not a checkpoint")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="channel_ssl"):
+        resumed = load_checkpoint(train(corpus_path, config, out))
+    assert "ckpt-5.pt is unreadable" in caplog.text and "resumed from" in caplog.text
+    assert not (out / "checkpoints" / ".ckpt-4.pt.x1y2.tmp.pt").exists()
+    for key in ("student", "teacher", "student_dino_head", "teacher_dino_head", "losses"):
+        assert _same_state(resumed[key], reference[key]), key

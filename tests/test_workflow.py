@@ -90,3 +90,17 @@ def test_snakefmt_is_clean():
         [str(BIN / "snakefmt"), "--check", "."], cwd=REPO, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_slurm_profile_asks_pretraining_jobs_for_the_stop_signal_allowed_by_the_plugin():
+    import re
+
+    import yaml
+    from snakemake_executor_plugin_slurm.validation import get_forbidden_slurm_options
+
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    extra = profile["set-resources"]["pretrain"]["slurm_extra"]
+    assert extra.startswith("'") and extra.endswith("'")  # a string resource for Snakemake
+    assert re.fullmatch(r"'--signal=USR1@\d+'", extra)  # job steps, not "B:" (batch shell)
+    assert not any(re.search(p, extra) for p in get_forbidden_slurm_options())
+    assert profile["retries"] >= 1  # a stopped job (exit 75) is resubmitted and resumes

@@ -81,6 +81,8 @@ def _install_handlers() -> None:
         current = signal.getsignal(sig)
         if current is _on_signal or current is None:
             continue  # None: installed from outside Python; leave it alone
+        if getattr(current, "graceful", False):
+            continue  # a handler that lets the write finish and stops the program itself
         if current == signal.SIG_IGN:
             continue  # an ignored signal stays ignored
         _previous[sig] = current

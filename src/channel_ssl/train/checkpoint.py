@@ -15,6 +15,7 @@ A checkpoint (``torch.save`` of a dict) holds::
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,9 @@ from torch import nn
 from channel_ssl.atomic import atomic_path
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
+# the temporary name channel_ssl.atomic gives a checkpoint while it is written
+TEMPORARY_PATTERN = re.compile(r"^\.(?:ckpt-\d+|checkpoint)\.pt\..+\.tmp\.pt$")
+log = logging.getLogger("channel_ssl.pretrain")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -65,6 +69,48 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """The ``ckpt-<iteration>.pt`` of ``directory`` with the highest iteration, or None."""
     found = periodic_checkpoints(directory)
     return found[-1][1] if found else None
+
+
+def newest_readable_checkpoint(
+    directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[Path | None, dict | None]:
+    """The newest periodic checkpoint that loads, and its state; ``(None, None)`` if none.
+
+    A newest checkpoint that cannot be read (truncated by a crash outside the atomic write,
+    a damaged disk) is skipped with a warning naming it and left in place for inspection; the
+    run resumes from the next older one.
+    """
+    for _, path in reversed(periodic_checkpoints(directory)):
+        try:
+            state = load_checkpoint(path, map_location=map_location)
+        except Exception as exc:  # any unreadable file: torch/pickle/zip raise many kinds
+            log.warning(
+                "checkpoint %s is unreadable (%s: %s); resuming from an older one",
+                path,
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+            continue
+        if not isinstance(state, dict) or "iteration" not in state:
+            log.warning("checkpoint %s is not a pretraining checkpoint; skipped", path)
+            continue
+        return path, state
+    return None, None
+
+
+def remove_stale_temporaries(*directories: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of checkpoint writes that never finished (the process was
+    killed mid-write): ``.<name>.<random>.tmp.pt`` beside the checkpoints. Returns them."""
+    removed = []
+    for directory in directories:
+        directory = Path(directory)
+        if not directory.is_dir():
+            continue
+        for entry in directory.iterdir():
+            if TEMPORARY_PATTERN.match(entry.name):
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
 
 
 def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:

@@ -45,6 +45,7 @@ import math
 import os
 import random
 import re
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,13 +68,14 @@ from channel_ssl.models.heads import HEAD_INITS, DINOHead
 from channel_ssl.models.mae_decoder import MAEDecoder, MAENetwork, default_decoder_size
 from channel_ssl.progress import ProgressLogger
 from channel_ssl.train.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
+    newest_readable_checkpoint,
     periodic_checkpoint_path,
     prune_checkpoints,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 from channel_ssl.train.collapse import CollapseMonitor, teacher_entropy
+from channel_ssl.train.preemption import REQUEUE_EXIT, GracefulStop, StopRequested
 from channel_ssl.train.schedules import TrainingSchedules, build_schedules
 
 COMMAND = "pretrain"
@@ -1093,9 +1095,11 @@ def train(
 
     checkpoint_dir = out_dir / "checkpoints"
     start = 0
-    resume_path = latest_checkpoint(checkpoint_dir)
+    if info.is_main:
+        for stale in remove_stale_temporaries(out_dir, checkpoint_dir):
+            log.warning("removed %s, a checkpoint write that never finished", stale)
+    resume_path, state = newest_readable_checkpoint(checkpoint_dir, torch_device)
     if resume_path is not None:
-        state = load_checkpoint(resume_path, map_location=torch_device)
         _check_same_run(state["run_config"], cfg.to_dict(), resume_path)
         training.load_state_dict(state)
         optimizer.load_state_dict(state["optimizer"])
@@ -1149,47 +1153,66 @@ def train(
         log.info("%s", describe_run(cfg, corpus, student, resolved, info, device_kind, use_bf16))
     student.train()
     iteration = start
-    for iteration, batch in zip(range(start, resolved.total_iterations), loader, strict=True):
-        values = schedules.at(iteration)
-        for group in optimizer.param_groups:
-            # the last-layer freeze sets the prototypes' lr to 0, as DINOv2 does
-            frozen = group["is_last_layer"] and values.get("freeze_last_layer", False)
-            group["lr"] = 0.0 if frozen else values["lr"] * group["lr_mult"]
-            group["weight_decay"] = values["weight_decay"] * group["wd_mult"]
-        batch = _to_device(batch, torch_device)
-        # stochastic depth draws from the global generator: reseed it per iteration
-        torch.manual_seed(iteration_seed(cfg.seed, iteration, info.rank, 2))
-        with torch.autocast(device_type=device_kind, dtype=torch.bfloat16, enabled=use_bf16):
-            terms = training.loss_terms(model, batch, values)
-        loss = terms["total"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {float(loss)} at iteration {iteration}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        training.before_optimizer_step(values)
-        if cfg.clip_grad > 0:
-            clip_gradients(student, cfg.clip_grad)
-        optimizer.step()
-        training.after_optimizer_step(values)
-        done = iteration + 1
-        if info.is_main:
-            logged_values = {k: float(v.detach()) for k, v in terms.items()}
-            if monitor is not None:
-                logged_values["entropy_ratio"] = monitor.ratio(logged_values["teacher_entropy"])
-            wrote = progress.step(
-                iteration,
-                items=batch["n_images"] * info.world_size,
-                **logged_values,
-                lr=values["lr"],
-            )
-            if wrote and monitor is not None:
-                monitor.update(
-                    logged_values["teacher_entropy"], logged_values["teacher_batch_entropy"], done
+    with GracefulStop() as stop:
+        for iteration, batch in zip(range(start, resolved.total_iterations), loader, strict=True):
+            values = schedules.at(iteration)
+            for group in optimizer.param_groups:
+                # the last-layer freeze sets the prototypes' lr to 0, as DINOv2 does
+                frozen = group["is_last_layer"] and values.get("freeze_last_layer", False)
+                group["lr"] = 0.0 if frozen else values["lr"] * group["lr_mult"]
+                group["weight_decay"] = values["weight_decay"] * group["wd_mult"]
+            batch = _to_device(batch, torch_device)
+            # stochastic depth draws from the global generator: reseed it per iteration
+            torch.manual_seed(iteration_seed(cfg.seed, iteration, info.rank, 2))
+            with torch.autocast(device_type=device_kind, dtype=torch.bfloat16, enabled=use_bf16):
+                terms = training.loss_terms(model, batch, values)
+            loss = terms["total"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {float(loss)} at iteration {iteration}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            training.before_optimizer_step(values)
+            if cfg.clip_grad > 0:
+                clip_gradients(student, cfg.clip_grad)
+            optimizer.step()
+            training.after_optimizer_step(values)
+            done = iteration + 1
+            if info.is_main:
+                logged_values = {k: float(v.detach()) for k, v in terms.items()}
+                if monitor is not None:
+                    logged_values["entropy_ratio"] = monitor.ratio(logged_values["teacher_entropy"])
+                wrote = progress.step(
+                    iteration,
+                    items=batch["n_images"] * info.world_size,
+                    **logged_values,
+                    lr=values["lr"],
                 )
-        if info.is_main and done % cfg.checkpoint_every == 0:
-            save_checkpoint(periodic_checkpoint_path(checkpoint_dir, done), checkpoint_state(done))
-            prune_checkpoints(checkpoint_dir, cfg.keep_checkpoints)
-        iteration = done
+                if wrote and monitor is not None:
+                    monitor.update(
+                        logged_values["teacher_entropy"],
+                        logged_values["teacher_batch_entropy"],
+                        done,
+                    )
+            stopping = stop.requested(torch_device) and done < resolved.total_iterations
+            if info.is_main and (done % cfg.checkpoint_every == 0 or stopping):
+                save_checkpoint(
+                    periodic_checkpoint_path(checkpoint_dir, done), checkpoint_state(done)
+                )
+                prune_checkpoints(checkpoint_dir, cfg.keep_checkpoints)
+            iteration = done
+            if stopping:
+                if info.world_size > 1:
+                    dist.barrier()
+                log.warning(
+                    "stopped at iteration %d/%d on %s; wrote %s; exiting with status %d so the job "
+                    "is resubmitted and resumes there",
+                    done,
+                    resolved.total_iterations,
+                    signal.Signals(stop.signum).name,
+                    periodic_checkpoint_path(checkpoint_dir, done),
+                    REQUEUE_EXIT,
+                )
+                raise StopRequested(done, stop.signum)
     final = out_dir / "checkpoint.pt"
     if info.is_main:
         save_checkpoint(final, checkpoint_state(iteration))
