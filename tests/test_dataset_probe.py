@@ -209,3 +209,25 @@ def test_meterml_map_keeps_negatives(tmp_path):
         FAST,
     )
     assert noise["value"].item() < 50
+
+
+def test_hpa_protein_selection_and_test_score_use_one_f1(tmp_path):
+    """Only 4 of the 28 localisations occur, so an F1 over all 28 classes and one over the
+    classes present differ (by a factor 4/28). The test rows repeat the validation rows: the
+    chosen classifier's validation score (the selection) must equal its test score."""
+    rng = np.random.default_rng(7)
+    n_train, n_val, used = 160, 60, [0, 7, 23, 25]
+    y = (rng.random((n_train + n_val, len(used))) < 0.4).astype(int)
+    y[~y.any(axis=1), 0] = 1  # every row has a localisation (none is dropped)
+    x = y @ rng.normal(size=(len(used), 10)) + rng.normal(scale=1.2, size=(len(y), 10))
+    y, x = np.concatenate([y, y[n_train:]]), np.concatenate([x, x[n_train:]])
+    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_val
+    factors = [
+        {"cell_type": "BJ", "protein_location": [LOCALISATIONS[used[k]] for k in np.flatnonzero(r)]}
+        for r in y
+    ]
+    manifest = _manifest([""] * len(y), np.array(splits), factors, n_channels=4)
+    scores = probe_dataset(*_write(tmp_path, manifest, x), "hpa_fov_protein", "Protein loc.", FAST)
+    value, val_score = scores["value"].item(), scores["val_score"].item()
+    assert 30 < value < 99  # noisy enough that the definitions could tell classifiers apart
+    assert 100 * val_score == pytest.approx(value)  # > 100 * 4 / 28: not the all-class F1

@@ -17,8 +17,8 @@ from channel_ssl.eval.linear_probe import (
     ProbeConfig,
     fit_linear_probe,
     linear_probe_chammi,
-    multilabel_macro_f1,
 )
+from channel_ssl.eval.metrics import multilabel_macro_f1
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_knn_eval import _chammi_like  # noqa: E402
@@ -186,8 +186,9 @@ def test_one_multilabel_f1_for_selection_and_test():
     """Validation selection and the HPA-FOV test score use one F1: over the classes present."""
     from types import SimpleNamespace
 
-    from channel_ssl.eval import dataset_probe, linear_probe
-    from channel_ssl.eval.linear_probe import multilabel_present_f1, select_on_validation
+    from channel_ssl.eval import dataset_probe, linear_probe, metrics
+    from channel_ssl.eval.linear_probe import select_on_validation
+    from channel_ssl.eval.metrics import multilabel_present_f1
 
     y_val = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 1, 0]])  # class 2 absent
     good = y_val.copy()
@@ -201,6 +202,10 @@ def test_one_multilabel_f1_for_selection_and_test():
     assert scores[1] == pytest.approx(1.0) == multilabel_present_f1(y_val, good)
     assert scores[0] == pytest.approx(multilabel_present_f1(y_val, half))
     assert best == 1
-    assert dataset_probe.multilabel_present_f1 is linear_probe.multilabel_present_f1
+    assert (
+        dataset_probe.multilabel_present_f1
+        is linear_probe.multilabel_present_f1
+        is metrics.multilabel_present_f1
+    )
     with pytest.raises(lp.UserError, match="no class has a positive"):
         multilabel_present_f1(np.zeros((2, 3)), np.ones((2, 3)))

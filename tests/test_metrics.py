@@ -13,6 +13,7 @@ from channel_ssl.eval.metrics import (
     macro_f1,
     mean_average_precision,
     multilabel_macro_f1,
+    multilabel_present_f1,
     per_class_f1,
 )
 
@@ -58,8 +59,23 @@ def test_multilabel_macro_f1_matches_sklearn_over_28_classes(multi_label):
     y_true, y_pred, _ = multi_label
     expected = f1_score(y_true, y_pred, average="macro", zero_division=0)
     assert multilabel_macro_f1(y_true, y_pred) == pytest.approx(expected)
-    # the probe's selection metric and the reported one are the same function
-    assert metrics.multilabel_macro_f1 is linear_probe.multilabel_macro_f1
+    # the probe's selection metric and the reported one are the same function, from metrics
+    assert linear_probe.multilabel_present_f1 is metrics.multilabel_present_f1
+
+
+def test_multilabel_present_f1_matches_sklearn_over_the_classes_present(multi_label):
+    y_true, y_pred, _ = multi_label
+    y_true, y_pred = y_true.copy(), y_pred.copy()
+    y_true[:, [3, 17]] = 0  # two more classes absent from the truth (27 already is), predicted
+    y_pred[:, [3, 17]] = 1
+    present = np.flatnonzero(y_true.any(axis=0))
+    assert len(present) == 25
+    expected = f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
+    assert multilabel_present_f1(y_true, y_pred) == pytest.approx(expected)
+    # here the two definitions differ: over all 28 classes the absent ones count as 0
+    assert multilabel_macro_f1(y_true, y_pred) == pytest.approx(expected * 25 / 28)
+    with pytest.raises(ValueError, match=r"need two \(n, C\) arrays"):
+        multilabel_present_f1(y_true, y_pred[:, :5])
 
 
 def test_average_precision_matches_sklearn_with_ties():

@@ -10,8 +10,9 @@ only then is the test set predicted.
 - single-label: softmax cross-entropy; validation score = macro F1 over the labels present in the
   validation ground truth; prediction = argmax.
 - multi-label (e.g. HPA-FOV, 28 classes): per-class BCE; validation score = macro F1 over the
-  classes present in the validation ground truth (:func:`multilabel_present_f1`, the same function
-  that scores the test set, so selection and test use one F1 definition); prediction = logit > 0.
+  classes present in the validation ground truth
+  (:func:`channel_ssl.eval.metrics.multilabel_present_f1`, the same function that scores the
+  test set, so selection and test use one F1 definition); prediction = logit > 0.
 
 CHAMMI (command ``linear-probe``): same inputs as ``eval-chammi`` and the same tasks, folds and
 metrics as the 1-NN protocol (``knn_eval``); for the leave-one-group-out tasks (HPA Task_three,
@@ -49,6 +50,7 @@ from channel_ssl.eval.knn_eval import (
     read_metadata,
     task_scores,
 )
+from channel_ssl.eval.metrics import multilabel_present_f1
 from channel_ssl.progress import ProgressLogger
 
 COMMAND = "linear-probe"
@@ -84,35 +86,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def multilabel_macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Macro F1 over classes of (n, C) 0/1 matrices; a class with no true and no predicted
-    positives scores 0 (sklearn's default)."""
-    y_true, y_pred = np.asarray(y_true, bool), np.asarray(y_pred, bool)
-    tp = (y_true & y_pred).sum(0)
-    fp = (~y_true & y_pred).sum(0)
-    fn = (y_true & ~y_pred).sum(0)
-    denom = 2 * tp + fp + fn
-    per_class = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-    return float(per_class.mean())
-
-
-def multilabel_present_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Macro F1 over the classes (columns) with at least one positive in ``y_true``.
-
-    The one multi-label F1 of the probes: used both to choose the learning rate on validation
-    and to score the test set, and the multi-label counterpart of :func:`single_label_macro_f1`
-    (labels present in the truth). A class absent from the truth does not count, even when
-    predicted.
-    """
-    y_true, y_pred = np.asarray(y_true, bool), np.asarray(y_pred, bool)
-    if y_true.shape != y_pred.shape or y_true.ndim != 2:
-        raise ValueError(f"need two (n, C) arrays, got {y_true.shape} and {y_pred.shape}")
-    present = np.flatnonzero(y_true.any(axis=0))
-    if present.size == 0:
-        raise UserError("multi-label F1: no class has a positive example in the ground truth")
-    return multilabel_macro_f1(y_true[:, present], y_pred[:, present])
 
 
 def single_label_macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:

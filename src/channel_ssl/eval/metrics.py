@@ -4,11 +4,13 @@
 - :func:`per_class_f1`, :func:`macro_f1` — single-label F1 (cell type, cell-cycle stage, Cyclops).
   Macro F1 averages over the labels present in the ground truth unless ``labels`` is given
   (CHAMMI's convention, = sklearn ``f1_score(average='macro', labels=np.unique(y_true))``).
-- :func:`multilabel_macro_f1` — mean over classes of the F1 of (n, C) indicator matrices (HPA-FOV
-  protein localisation, 28 classes), = sklearn ``f1_score(average='macro')``; defined in
-  :mod:`channel_ssl.eval.linear_probe` and re-exported. :func:`multilabel_present_f1` — the same
-  over the classes present in the ground truth: the one definition the probes use both to choose
-  the learning rate on validation and to score the test set.
+- :func:`multilabel_present_f1` — the multi-label F1 of HPA-FOV protein localisation (28
+  classes): mean F1 over the classes (columns of (n, C) indicator matrices) with a positive in the
+  ground truth. The one definition of the probes: :func:`channel_ssl.eval.linear_probe.select_on_validation`
+  chooses the learning rate with it and :mod:`channel_ssl.eval.dataset_probe` scores the test set
+  with it, so a class absent from one split counts in neither.
+- :func:`multilabel_macro_f1` — the same over all C classes (= sklearn ``f1_score(average='macro')``
+  on indicator matrices); the building block of :func:`multilabel_present_f1`, not a probe score.
 - :func:`average_precision`, :func:`mean_average_precision` — AP as the step-wise area under the
   precision-recall curve over distinct score thresholds (= sklearn ``average_precision_score``);
   mAP = mean over classes that have a positive (Meter-ML).
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from channel_ssl.eval.linear_probe import multilabel_macro_f1, multilabel_present_f1
+from channel_ssl.errors import UserError
 
 __all__ = [
     "accuracy",
@@ -57,6 +59,34 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, labels=None) -> float:
     """Mean per-class F1 over ``labels`` (default: the labels present in ``y_true``)."""
     labels = np.unique(np.asarray(y_true)) if labels is None else labels
     return float(per_class_f1(y_true, y_pred, labels).mean())
+
+
+def multilabel_macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro F1 over all classes of (n, C) 0/1 matrices; a class with no true and no predicted
+    positives scores 0 (sklearn's default)."""
+    y_true, y_pred = np.asarray(y_true, bool), np.asarray(y_pred, bool)
+    tp = (y_true & y_pred).sum(0)
+    fp = (~y_true & y_pred).sum(0)
+    fn = (y_true & ~y_pred).sum(0)
+    denom = 2 * tp + fp + fn
+    per_class = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return float(per_class.mean())
+
+
+def multilabel_present_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro F1 over the classes (columns) with at least one positive in ``y_true``.
+
+    The one multi-label F1 of the probes: used both to choose the learning rate on validation
+    and to score the test set; the multi-label counterpart of :func:`macro_f1` (labels present
+    in the truth). A class absent from the truth does not count, even when predicted.
+    """
+    y_true, y_pred = np.asarray(y_true, bool), np.asarray(y_pred, bool)
+    if y_true.shape != y_pred.shape or y_true.ndim != 2:
+        raise ValueError(f"need two (n, C) arrays, got {y_true.shape} and {y_pred.shape}")
+    present = np.flatnonzero(y_true.any(axis=0))
+    if present.size == 0:
+        raise UserError("multi-label F1: no class has a positive example in the ground truth")
+    return multilabel_macro_f1(y_true[:, present], y_pred[:, present])
 
 
 def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
