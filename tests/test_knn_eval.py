@@ -268,3 +268,35 @@ def test_chammi_summary_of_one_dataset():
     assert summary == pytest.approx(
         {"Mean": 50.0, "HPA": 50.0, "HPA Task1": 50.0, "HPA Task2": 40.0, "HPA Task3": 60.0}
     )
+
+
+def test_l2_normalise_bit_identical_on_ordinary_rows_and_safe_on_extreme_ones():
+    """Ordinary rows: exactly the reference's x / ||x||. Rows x1e37 (squares overflow float32)
+    or denormal (~1e-40, squares underflow) in the same matrix: unit rows, same directions."""
+    from channel_ssl.eval.knn_eval import _l2_normalise
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 16)).astype(np.float32)
+    plain = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    np.testing.assert_array_equal(_l2_normalise(x), plain)
+    mixed = x.copy()
+    mixed[1] = (x[1].astype(np.float64) * 1e37).astype(np.float32)
+    mixed[3] = (x[3].astype(np.float64) * 1e-40).astype(np.float32)
+    with np.errstate(all="ignore"):
+        naive = mixed / np.linalg.norm(mixed, axis=-1, keepdims=True)
+    assert not np.allclose(naive[[1, 3]], plain[[1, 3]], atol=1e-3)  # what the plain norm gives
+    out = _l2_normalise(mixed)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out[[0, 2, 4, 5]], plain[[0, 2, 4, 5]])
+    np.testing.assert_allclose(out[1], plain[1], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out[3], plain[3], atol=1e-4)  # denormals keep ~5 digits
+    np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, rtol=1e-6)
+
+
+def test_all_zero_feature_row_is_an_error_naming_the_metadata_row(tmp_path):
+    """An all-zero row has no direction: rejected (row index of the metadata), never scored."""
+    metas, features = _chammi_like(tmp_path)
+    bad = features["HPA"].copy()
+    bad[11] = 0.0
+    with pytest.raises(UserError, match="row 11 is all zeros; cosine similarity is undefined"):
+        evaluate_chammi(tmp_path, {"HPA": bad})

@@ -9,7 +9,9 @@ Protocol (identical to the reference, so the numbers are identical too):
   a task's rows are those whose boolean task column is true; the reference set is the Train rows;
 - labels are encoded by order of first appearance of ``Label`` in the metadata;
 - cosine 1-NN: L2-normalise (in the features' dtype; rows whose norm would overflow or
-  underflow are rescaled by their max-abs entry in float64 first), float32 faiss ``IndexFlatIP``, k = 1;
+  underflow are rescaled by their max-abs entry in float64 first, so features x1e37 or denormal
+  ones score as the unscaled features; an all-zero or non-finite row has no direction and is an
+  error naming the row), float32 faiss ``IndexFlatIP``, k = 1;
 - HPA Task_three and CP Task_four are leave-one-group-out over ``cell_type`` / ``Plate``: for each
   group (order of first appearance among the task's rows) the reference set is Train + the task's
   rows of the other groups; predictions are concatenated group by group;
