@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo test test-slurm lint dryrun-paper clean-demo learning-check
+.PHONY: venv demo test test-slurm lint dryrun-paper plan clean-demo learning-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ lint: venv
 
 dryrun-paper: venv
 	snakemake --configfile config/paper.yaml -n
+
+# What the paper-scale pretraining costs (nodes, GPU-hours, checkpoint disk), before any job.
+plan: venv
+	channel-ssl plan --config config/paper.yaml
 
 clean-demo:
 	rm -rf results/demo

@@ -61,6 +61,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "set aside outputs changed after they were made (and what used them) to re-make them",
     ),
     "render-figure": ("channel_ssl.figures", "render a paper figure (UMAP)"),
+    "plan": (
+        "channel_ssl.plan",
+        "per pretraining run: nodes, GPUs, iterations, GPU-hours, checkpoint disk, and totals",
+    ),
     "learning-check": (
         "channel_ssl.learning_check",
         "pretrain every family at CPU scale and score it against random init",

@@ -7,6 +7,7 @@ from snakemake.utils import validate
 from channel_ssl import registry
 from channel_ssl.audit import changed_outputs
 from channel_ssl.environment import put_interpreter_on_path
+from channel_ssl.plan import sizing
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -138,15 +139,21 @@ def pretrain_group(wildcards):
 
 
 def pretrain_resource(key):
+    """A pretraining job's resource: nodes and runtime sized per run by the plan
+    (channel_ssl.plan, within the group's maxima), the rest from the config's group."""
+
     def get(wildcards):
+        if key == "nodes":
+            return sizing(wildcards.run, config).nodes
+        if key == "runtime":
+            return sizing(wildcards.run, config).runtime_minutes
         return resources_of(pretrain_group(wildcards))[key]
 
     return get
 
 
 def pretrain_gpus(wildcards):
-    res_ = resources_of(pretrain_group(wildcards))
-    return res_["nodes"] * res_["gpus_per_node"]
+    return sizing(wildcards.run, config).gpus
 
 
 def pretrain_launcher(wildcards):
