@@ -1,41 +1,65 @@
 """Download CHAMMI from Zenodo, verified against the record's own file listing.
 
 ``channel-ssl download-chammi --out ROOT --record-url https://zenodo.org/api/records/7988357
-[--files NAME ...] [--keep-archives]``
+[--files NAME ...] [--keep-archives] [--retry-budget SECONDS] [--max-retries N] [--timeout SECONDS]``
 
 1. Fetch the record JSON and list its files (key, size, ``md5:`` checksum, download link).
    Both Zenodo API shapes are understood: ``files`` as a list of ``{key, size, checksum,
    links: {self}}`` (legacy) and ``files.entries`` / ``entries`` (a list or a mapping) whose
    links carry ``content``; a record that only links its files listing is followed once.
-2. Download each file to ``ROOT/<key>.part``, resuming with an HTTP ``Range`` request when a
-   partial file exists, then check size and md5. A mismatch deletes the partial file and
-   raises, naming the file, the expected and the actual value; only verified bytes are ever
-   renamed to ``ROOT/<key>``.
-3. Unpack zip/tar archives into ROOT (member paths may not escape ROOT). The CHAMMI archive
-   unpacks to ``CHAMMI/``; the directory holding ``Allen/``, ``HPA/``, ``CP/`` is moved up so
-   the result is ``ROOT/{Allen,HPA,CP}/enriched_meta.csv``. Archives are deleted afterwards
-   unless ``--keep-archives``.
-4. ``ROOT/.download-state.json`` records each finished file (so a rerun skips it even after
-   its archive was deleted) and ``ROOT/.download-complete.json`` (files with size and md5)
-   is written last, atomically.
+2. Download each file to ``ROOT/<key>.part``. Whatever stops a transfer early (a connection
+   reset, a stall past ``--timeout``, a clean close before ``Content-Length`` bytes, HTTP
+   408/425/429/500/502/503/504) is retried, resuming from the bytes already on disk with an
+   HTTP ``Range`` request (a server that ignores ``Range`` is read from the start again). The
+   record listing is retried the same way. Then size and md5 are checked; a mismatch deletes
+   the partial file and raises, naming the file, the expected and the actual value; only
+   verified bytes are ever renamed to ``ROOT/<key>``.
+3. Retries (:class:`RetryPolicy`): exponential back-off (1 s, 2 s, 4 s ... capped at 60 s)
+   with jitter (each wait is 50-100 % of its step), and at least what a ``Retry-After``
+   header asks (seconds or an HTTP date, capped at 300 s). A file, or the record listing,
+   gives up after ``--max-retries`` failed attempts in a row or when the next wait would
+   take it past ``--retry-budget`` seconds since its first failure; both count again from
+   zero whenever bytes arrive, so a long transfer over a flaky link keeps going as long as it
+   moves. Giving up keeps the ``.part`` file: rerunning the command resumes it.
+4. Archives (zip/tar) are unpacked into a staging directory ``ROOT/.unpack-<key>/`` (member
+   paths may not escape it, links are refused); the directory holding ``Allen/``, ``HPA/``,
+   ``CP/`` (the archive has them under ``CHAMMI/``) is moved up, and the result is merged
+   into ROOT, replacing files of the same name, so the layout is
+   ``ROOT/{Allen,HPA,CP}/enriched_meta.csv``. Archives are deleted afterwards unless
+   ``--keep-archives``.
+5. ``ROOT/.download-state.json`` records, per file of the record, its md5 and every file it
+   put on disk (path relative to ROOT and size), written only after those files were checked
+   on disk. Every run checks the recorded files against the disk again: a file whose
+   recorded outputs are all present with their sizes is skipped; one with a missing or
+   changed output is unpacked again from the kept archive (its md5 checked first) or
+   downloaded again. A state file of an older format, or unreadable, counts as absent.
+   ``ROOT/.download-complete.json`` (files with size and md5) is written last, atomically.
 
-Only the standard library's urllib is used.
+Only the standard library's urllib is used. :data:`_sleep`, :data:`_clock` and
+:data:`_jitter` are the module's only ways to wait, read the time and draw jitter, so tests
+replace them to run retries without waiting.
 """
 
 from __future__ import annotations
 
 import argparse
+import email.utils
 import hashlib
+import http.client
 import json
 import logging
 import os
+import random
+import re
 import shutil
+import ssl
 import tarfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -51,9 +75,40 @@ log = logging.getLogger("channel_ssl.download")
 DEFAULT_RECORD_URL = "https://zenodo.org/api/records/7988357"
 COMPLETE_NAME = ".download-complete.json"
 STATE_NAME = ".download-state.json"
+STATE_VERSION = 2
+STAGING_PREFIX = ".unpack-"
 CHUNK = 1 << 20
 USER_AGENT = "channel-ssl/0.1 (+urllib)"
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+# HTTP statuses that say "try again later"; every other error status is final.
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+# The module's clock, sleep and jitter source (tests replace them; see the module docstring).
+_sleep = time.sleep
+_clock = time.monotonic
+_jitter = random.random
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a file or the record listing is retried (module docstring, step 3).
+
+    Attributes:
+        max_retries: failed attempts in a row (without a byte arriving) before giving up.
+        budget: seconds from the first failure (again from the last byte received) within
+            which retries are made; a wait that would end past it is not started.
+        base_delay: first back-off step in seconds; each further failure doubles it.
+        max_delay: largest back-off step in seconds.
+        retry_after_cap: largest ``Retry-After`` honoured, in seconds.
+        timeout: seconds a connection may stay silent before the attempt counts as failed.
+    """
+
+    max_retries: int = 10
+    budget: float = 600.0
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+    retry_after_cap: float = 300.0
+    timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +119,103 @@ class RemoteFile:
     url: str
 
 
+class _Transient(Exception):
+    """An attempt that failed in a way worth retrying (``retry_after`` in seconds or None)."""
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _Retrier:
+    """Counts failures of one file (or listing) and waits before its next attempt."""
+
+    def __init__(self, policy: RetryPolicy):
+        self.policy = policy
+        self.failures = 0  # in a row, since the last byte arrived
+        self.attempts = 0  # all failed attempts
+        self.since: float | None = None  # clock at the first failure since the last byte
+
+    def progressed(self) -> None:
+        self.failures = 0
+        self.since = None
+
+    def delay(self, retry_after: float | None) -> float:
+        p = self.policy
+        step = min(p.max_delay, p.base_delay * 2 ** (self.failures - 1))
+        delay = step * (0.5 + 0.5 * _jitter())
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, p.retry_after_cap))
+        return delay
+
+    def wait(self, transient: _Transient) -> str | None:
+        """Sleep before the next attempt; return why not instead when the policy is spent."""
+        p = self.policy
+        now = _clock()
+        if self.since is None:
+            self.since = now
+        self.failures += 1
+        self.attempts += 1
+        spent = now - self.since
+        if self.failures > p.max_retries:
+            return (
+                f"gave up after {self.failures} failed attempts in a row "
+                f"(--max-retries {p.max_retries}); last error: {transient.reason}"
+            )
+        delay = self.delay(transient.retry_after)
+        if spent + delay > p.budget:
+            return (
+                f"gave up after {self.attempts} failed attempt(s) over {spent:.0f} s: the next wait "
+                f"({delay:.0f} s) would pass the retry budget (--retry-budget {p.budget:g}); "
+                f"last error: {transient.reason}"
+            )
+        log.warning(
+            "%s; retrying in %.1f s (failure %d of at most %d in a row)",
+            transient.reason,
+            delay,
+            self.failures,
+            p.max_retries,
+        )
+        _sleep(delay)
+        return None
+
+
+def _retry_after(headers) -> float | None:
+    """Seconds asked by a ``Retry-After`` header (delta-seconds or HTTP date), or None."""
+    value = (headers.get("Retry-After") if headers is not None else None) or ""
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _transient(exc: BaseException) -> _Transient | None:
+    """The retryable reading of ``exc``, or None if retrying cannot help."""
+    if isinstance(exc, _Transient):
+        return exc
+    if isinstance(exc, urllib.error.HTTPError):
+        if exc.code in RETRY_STATUSES:
+            return _Transient(f"HTTP {exc.code} {exc.reason}", _retry_after(exc.headers))
+        return None
+    if isinstance(exc, urllib.error.URLError):
+        # socket-level reasons (refused, reset, DNS, timeout) pass; 'unknown url type' does not
+        if isinstance(exc.reason, OSError):
+            return _Transient(f"{exc.reason}")
+        return None
+    if isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError, http.client.HTTPException)):
+        return _Transient(f"{type(exc).__name__}: {exc}".rstrip(": "))
+    return None
+
+
 def _open(url: str, start: int = 0, timeout: float = 60.0):
     headers = {"User-Agent": USER_AGENT}
     if start:
@@ -71,12 +223,43 @@ def _open(url: str, start: int = 0, timeout: float = 60.0):
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
-def _get_json(url: str) -> dict:
+def _close(exc: BaseException) -> None:
+    if isinstance(exc, urllib.error.HTTPError):
+        exc.close()
+
+
+def _get_json(url: str, policy: RetryPolicy | None = None) -> dict:
+    """The JSON at ``url``, retried under ``policy`` while the server fails transiently."""
+    policy = policy or RetryPolicy()
+    retrier = _Retrier(policy)
+    while True:
+        try:
+            with _open(url, timeout=policy.timeout) as resp:
+                body = resp.read()  # raises IncompleteRead on a short body
+            break
+        except (OSError, http.client.HTTPException) as exc:
+            _close(exc)
+            transient = _transient(exc)
+            if transient is None:
+                raise UserError(
+                    f"cannot read Zenodo record {url}: {exc}; check --record-url"
+                ) from exc
+            stop = retrier.wait(transient)
+            if stop:
+                raise UserError(
+                    f"cannot read Zenodo record {url}: {stop}. Nothing was downloaded; "
+                    "rerun later, or raise --retry-budget / --max-retries"
+                ) from exc
     try:
-        with _open(url) as resp:
-            return json.loads(resp.read().decode("utf-8"))
-    except (urllib.error.URLError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read Zenodo record {url}: {exc}") from exc
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"Zenodo record {url} is not JSON ({exc}; it starts with {body[:80]!r}); "
+            "check --record-url"
+        ) from exc
+    if not isinstance(data, dict):
+        raise UserError(f"Zenodo record {url} is JSON but not an object; check --record-url")
+    return data
 
 
 def _entries(data: dict) -> list[dict] | None:
@@ -93,7 +276,14 @@ def _entries(data: dict) -> list[dict] | None:
     return None
 
 
-def parse_record(data: dict, record_url: str) -> list[RemoteFile]:
+def _safe_key(key: str) -> bool:
+    parts = Path(key).parts
+    return bool(parts) and not Path(key).is_absolute() and ".." not in parts
+
+
+def parse_record(
+    data: dict, record_url: str, policy: RetryPolicy | None = None
+) -> list[RemoteFile]:
     """List the files of a Zenodo record JSON (see module docstring for the shapes)."""
     entries = _entries(data)
     if entries is None:
@@ -101,7 +291,7 @@ def parse_record(data: dict, record_url: str) -> list[RemoteFile]:
         if not listing:
             raise UserError(f"Zenodo record {record_url} lists no files")
         url = urljoin(record_url, listing)
-        entries = _entries(_get_json(url)) or []
+        entries = _entries(_get_json(url, policy)) or []
         record_url = url
     files = []
     for e in entries:
@@ -112,6 +302,8 @@ def parse_record(data: dict, record_url: str) -> list[RemoteFile]:
             raise UserError(
                 f"Zenodo record {record_url}: entry {e!r} lacks a key or an md5 checksum"
             )
+        if not _safe_key(key) or key.startswith((STAGING_PREFIX, ".download-")):
+            raise UserError(f"Zenodo record {record_url}: file name {key!r} is not a safe path")
         links = e.get("links") or {}
         # legacy shape: links.self is the content; newer: links.self is metadata, links.content the bytes
         link = links.get("content") or links.get("download") or links.get("self")
@@ -138,39 +330,95 @@ def md5_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download(remote: RemoteFile, part: Path, retries: int = 3) -> None:
-    """Bring ``part`` to the full remote size, resuming with Range requests."""
-    for attempt in range(1, retries + 1):
-        start = part.stat().st_size if part.exists() else 0
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _download_once(
+    remote: RemoteFile, part: Path, start: int, timeout: float, got: list[int]
+) -> None:
+    """One request for the bytes of ``remote`` from ``start`` on, appended to ``part``.
+
+    ``got[0]`` counts the bytes written. Raises :class:`_Transient` when the response ends
+    before the bytes it announced (or before the record's size).
+    """
+    with _open(remote.url, start, timeout) as resp:
+        resumed = start > 0 and resp.status == 206
+        if resumed:
+            m = re.match(r"\s*bytes\s+(\d+)-", resp.headers.get("Content-Range") or "")
+            if m and int(m.group(1)) != start:
+                part.unlink()
+                raise _Transient(
+                    f"{remote.key}: asked for bytes {start}- but the server sent "
+                    f"{resp.headers.get('Content-Range')}; starting again from byte 0"
+                )
+        elif start:
+            log.info("%s: server ignored the Range request; restarting", remote.key)
+        done = start if resumed else 0
+        length = resp.headers.get("Content-Length")
+        expected = int(length) if length and length.isdigit() else None
+        if remote.size >= 0 and (expected is None or done + expected < remote.size):
+            expected = remote.size - done  # a body shorter than the record's size is short
+        total_mb = max(1, ((expected or CHUNK) + CHUNK - 1) // CHUNK)
+        progress = ProgressLogger(total_mb, every=256, unit="MB", logger=log)
+        received = 0
+        with open(part, "ab" if resumed else "wb") as f:
+            # read1: whatever has arrived (up to CHUNK), so a reset or a stall loses nothing
+            for block in iter(lambda: resp.read1(CHUNK), b""):
+                f.write(block)
+                mb_before = received // CHUNK
+                received += len(block)
+                got[0] += len(block)
+                for mb in range(mb_before, received // CHUNK):
+                    progress.step(min(mb, total_mb - 1))
+        if expected is not None and received < expected:
+            raise _Transient(
+                f"{remote.key}: the server closed the connection after {done + received} "
+                f"of {done + expected} bytes"
+            )
+
+
+def _download(remote: RemoteFile, part: Path, policy: RetryPolicy) -> None:
+    """Bring ``part`` to the full remote size, resuming with Range requests (module step 2)."""
+    retrier = _Retrier(policy)
+    while True:
+        start = _size(part)
         if remote.size >= 0 and start > remote.size:
             part.unlink()  # longer than the file: cannot be a prefix of it
             start = 0
-        if remote.size >= 0 and start == remote.size:
+        if remote.size >= 0 and start == remote.size and part.exists():
             return
+        got = [0]
         try:
-            with _open(remote.url, start) as resp:
-                resumed = start > 0 and resp.status == 206
-                if start and not resumed:
-                    log.info("%s: server ignored the Range request; restarting", remote.key)
-                mode = "ab" if resumed else "wb"
-                done = start if resumed else 0
-                total_chunks = max(1, (max(remote.size, 1) - done + CHUNK - 1) // CHUNK)
-                progress = ProgressLogger(total_chunks, every=256, unit="MB", logger=log)
-                with open(part, mode) as f:
-                    for i, block in enumerate(iter(lambda: resp.read(CHUNK), b"")):
-                        f.write(block)
-                        progress.step(min(i, total_chunks - 1), items=len(block) / CHUNK)
+            _download_once(remote, part, start, policy.timeout, got)
             return
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            if attempt == retries:
+        except (OSError, http.client.HTTPException, _Transient) as exc:
+            _close(exc)
+            if isinstance(exc, urllib.error.HTTPError) and exc.code == 416 and start:
+                part.unlink()
                 raise UserError(
-                    f"download of {remote.key} from {remote.url} failed: {exc}"
+                    f"{remote.key}: size mismatch: the server refused bytes {start}- of a file "
+                    f"the record lists as {remote.size} bytes (HTTP 416); the partial file "
+                    "was deleted; rerun to download it again"
                 ) from exc
-            log.warning("%s: %s; retrying (%d/%d)", remote.key, exc, attempt, retries)
-            time.sleep(min(2**attempt, 30))
+            transient = _transient(exc)
+            if transient is None:
+                raise UserError(
+                    f"download of {remote.key} from {remote.url} failed: {exc}; "
+                    "check --record-url (the partial file, if any, is kept for a rerun)"
+                ) from exc
+            if got[0]:
+                retrier.progressed()  # bytes arrived: the failures count from zero again
+            stop = retrier.wait(transient)
+            if stop:
+                raise UserError(
+                    f"download of {remote.key} from {remote.url} failed: {stop}. "
+                    f"{_size(part)} bytes are kept in {part}; rerun the same command to resume "
+                    "(raise --retry-budget / --max-retries for a slow server)"
+                ) from exc
 
 
-def fetch_verified(remote: RemoteFile, root: Path) -> Path:
+def fetch_verified(remote: RemoteFile, root: Path, policy: RetryPolicy | None = None) -> Path:
     """Download ``remote`` to ``root/<key>`` (resuming) and verify size and md5."""
     final = root / remote.key
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -181,15 +429,22 @@ def fetch_verified(remote: RemoteFile, root: Path) -> Path:
         log.warning("%s: present but does not match the record; downloading again", remote.key)
         final.unlink()
     part = final.with_name(final.name + ".part")
-    _download(remote, part)
+    _download(remote, part, policy or RetryPolicy())
     size = part.stat().st_size
     if remote.size >= 0 and size != remote.size:
         part.unlink()
-        raise UserError(f"{remote.key}: size mismatch: expected {remote.size} bytes, got {size}")
+        raise UserError(
+            f"{remote.key}: size mismatch: expected {remote.size} bytes, got {size}; "
+            "the partial file was deleted; rerun to download it again"
+        )
     actual = md5_of(part)
     if actual != remote.md5:
         part.unlink()  # a bad prefix would poison every later resume
-        raise UserError(f"{remote.key}: md5 mismatch: expected {remote.md5}, got {actual}")
+        raise UserError(
+            f"{remote.key}: md5 mismatch: expected {remote.md5}, got {actual}; the partial file "
+            "was deleted; rerun to download it again (if it fails the same way, the server "
+            "does not serve what the record lists)"
+        )
     os.replace(part, final)
     log.info("%s: verified (%d bytes, md5 %s)", remote.key, size, actual)
     return final
@@ -222,11 +477,17 @@ def unpack(archive: Path, root: Path) -> None:
 
 
 def flatten_chammi(root: Path) -> None:
-    """Move the directory holding ``Allen/enriched_meta.csv`` up to ``root`` (e.g. ``root/CHAMMI``)."""
-    if (root / "Allen" / METADATA_NAME).exists():
+    """Move the directory holding ``<dataset>/enriched_meta.csv`` up to ``root`` (e.g. ``root/CHAMMI``)."""
+    if any((root / d / METADATA_NAME).exists() for d in DATASETS):
         return
-    found = sorted(p.parent.parent for p in root.glob("*/Allen/" + METADATA_NAME))
-    found += sorted(p.parent.parent for p in root.glob("*/*/Allen/" + METADATA_NAME))
+    found = sorted(
+        {
+            p.parent.parent
+            for d in DATASETS
+            for pattern in (f"*/{d}/{METADATA_NAME}", f"*/*/{d}/{METADATA_NAME}")
+            for p in root.glob(pattern)
+        }
+    )
     if not found:
         return
     inner = found[0]
@@ -243,9 +504,122 @@ def flatten_chammi(root: Path) -> None:
         d = d.parent
 
 
-def _load_state(root: Path) -> dict:
+def _merge(src: Path, dst: Path) -> None:
+    """Move the tree ``src`` into ``dst``; files of the same name in ``dst`` are replaced."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for child in src.iterdir():
+        dest = dst / child.name
+        if child.is_dir() and dest.is_dir() and not dest.is_symlink():
+            _merge(child, dest)
+            continue
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        elif dest.is_symlink() or (child.is_dir() and dest.exists()):
+            dest.unlink()
+        os.replace(child, dest)
+    src.rmdir()
+
+
+def unpack_into(archive: Path, root: Path) -> dict[str, int]:
+    """Unpack ``archive`` via a staging directory into ``root`` (module step 4).
+
+    Returns every file it put under ``root`` (path relative to ``root`` -> size).
+    """
+    staging = root / f"{STAGING_PREFIX}{archive.name}"
+    if staging.exists():
+        shutil.rmtree(staging)  # left by an interrupted run
+    staging.mkdir(parents=True)
+    try:
+        try:
+            unpack(archive, staging)
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+            raise UserError(
+                f"cannot unpack {archive}: {exc}. Delete {archive} and rerun to download it again"
+            ) from exc
+        flatten_chammi(staging)
+        listing = {
+            p.relative_to(staging).as_posix(): p.stat().st_size
+            for p in sorted(staging.rglob("*"))
+            if p.is_file() and not p.is_symlink()
+        }
+        _merge(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return listing
+
+
+# ----------------------------------------------------------------------------- state on disk
+def _load_state(root: Path) -> dict[str, dict]:
+    """Per record file: ``{md5, size, archive, files: {relative path: size}}``; {} if unusable."""
     path = root / STATE_NAME
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("%s is unreadable (%s); every file is checked again", path, exc)
+        return {}
+    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        log.warning(
+            "%s is of an older format that does not list the unpacked files; "
+            "every file is checked again",
+            path,
+        )
+        return {}
+    files = data.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def _save_state(root: Path, state: dict[str, dict]) -> None:
+    write_json(root / STATE_NAME, {"version": STATE_VERSION, "files": state})
+
+
+def disk_problems(root: Path, files: dict[str, int]) -> list[str]:
+    """How the files recorded in the state differ from the disk (empty: they match)."""
+    problems = []
+    for rel, size in files.items():
+        path = root / rel
+        try:
+            actual = path.stat().st_size if path.is_file() else None
+        except OSError:
+            actual = None
+        if actual is None:
+            problems.append(f"{rel} is missing")
+        elif actual != size:
+            problems.append(f"{rel} has {actual} bytes instead of {size}")
+    return problems
+
+
+def _summary(problems: list[str]) -> str:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+def _is_done(root: Path, remote: RemoteFile, entry: dict | None) -> bool:
+    """True if ``entry`` (from the state) is ``remote`` and everything it lists is on disk."""
+    if not entry or entry.get("md5") != remote.md5 or not isinstance(entry.get("files"), dict):
+        return False
+    if not entry["files"]:
+        return False
+    problems = disk_problems(root, entry["files"])
+    if not problems:
+        log.info(
+            "%s: done in an earlier run (md5 %s) and its %d file(s) are on disk; skipping",
+            remote.key,
+            remote.md5,
+            len(entry["files"]),
+        )
+        return True
+    kept = (root / remote.key).exists()
+    log.warning(
+        "%s: %s since an earlier run; %s",
+        remote.key,
+        _summary(problems),
+        "unpacking the kept archive again"
+        if kept and entry.get("archive")
+        else "fetching it again",
+    )
+    return False
 
 
 def download_chammi(
@@ -253,11 +627,13 @@ def download_chammi(
     record_url: str = DEFAULT_RECORD_URL,
     names: list[str] | None = None,
     keep_archives: bool = False,
+    policy: RetryPolicy | None = None,
 ) -> list[RemoteFile]:
     """Download, verify and unpack the record's files into ``root``; returns the files handled."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    files = parse_record(_get_json(record_url), record_url)
+    policy = policy or RetryPolicy()
+    files = parse_record(_get_json(record_url, policy), record_url, policy)
     if names:
         by_key = {f.key: f for f in files}
         unknown = [n for n in names if n not in by_key]
@@ -268,28 +644,42 @@ def download_chammi(
         files = [by_key[n] for n in names]
     state = _load_state(root)
     for remote in files:
-        done = state.get(remote.key)
-        if (
-            done
-            and done.get("md5") == remote.md5
-            and (not is_archive(remote.key) or done.get("unpacked"))
-        ):
-            log.info("%s: done in an earlier run (md5 %s); skipping", remote.key, remote.md5)
+        if _is_done(root, remote, state.get(remote.key)):
             continue
-        path = fetch_verified(remote, root)
-        unpacked = False
-        if is_archive(remote.key):
-            unpack(path, root)
-            unpacked = True
+        if state.pop(remote.key, None) is not None:
+            _save_state(root, state)  # no longer trusted: a crash from here on redoes it
+        (root / COMPLETE_NAME).unlink(missing_ok=True)
+        path = fetch_verified(remote, root, policy)
+        archive = is_archive(remote.key)
+        if archive:
+            listing = unpack_into(path, root)
+            if not listing:
+                raise UserError(f"{path} holds no files; delete it and rerun to download it again")
             if not keep_archives:
                 path.unlink()
-        state[remote.key] = {"md5": remote.md5, "size": remote.size, "unpacked": unpacked}
-        write_json(root / STATE_NAME, state)
-    flatten_chammi(root)
+        else:
+            listing = {remote.key: path.stat().st_size}
+        problems = disk_problems(root, listing)
+        if problems:
+            raise UserError(
+                f"{remote.key}: right after {'unpacking' if archive else 'downloading'}, "
+                f"{_summary(problems)} under {root}; something else is writing there. "
+                "Stop it and rerun"
+            )
+        state[remote.key] = {
+            "md5": remote.md5,
+            "size": remote.size,
+            "archive": archive,
+            "files": listing,
+        }
+        _save_state(root, state)
     missing = [d for d in DATASETS if not (root / d / METADATA_NAME).exists()]
     if missing and not names:
         raise UserError(
-            f"after downloading {record_url}, {root} lacks {[f'{d}/{METADATA_NAME}' for d in missing]}"
+            f"after downloading {record_url}, {root} lacks "
+            f"{[f'{d}/{METADATA_NAME}' for d in missing]}: the record's files do not unpack to "
+            "CHAMMI's layout. Check --record-url; to start over, delete "
+            f"{root / STATE_NAME} and rerun"
         )
     write_json(
         root / COMPLETE_NAME, {"record_url": record_url, "files": [asdict(f) for f in files]}
@@ -298,6 +688,7 @@ def download_chammi(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = RetryPolicy()
     parser.add_argument("--out", required=True, help="CHAMMI root to create (Allen/, HPA/, CP/)")
     parser.add_argument("--record-url", default=DEFAULT_RECORD_URL, help="Zenodo records API URL")
     parser.add_argument(
@@ -306,8 +697,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-archives", action="store_true", help="keep archives after unpacking"
     )
+    parser.add_argument(
+        "--retry-budget",
+        type=float,
+        default=defaults.budget,
+        metavar="SECONDS",
+        help="give a file (or the record listing) up when retrying it would take longer than "
+        "this since its first failure, counted again whenever bytes arrive (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=defaults.max_retries,
+        metavar="N",
+        help="failed attempts in a row, without a byte arriving, before giving a file up "
+        "(default: %(default)d)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=defaults.timeout,
+        metavar="SECONDS",
+        help="seconds a connection may stay silent before the attempt is retried "
+        "(default: %(default)g)",
+    )
+
+
+def policy_of(args: argparse.Namespace) -> RetryPolicy:
+    if args.retry_budget < 0 or args.max_retries < 0 or args.timeout <= 0:
+        raise UserError("--retry-budget and --max-retries must be >= 0 and --timeout > 0")
+    return RetryPolicy(max_retries=args.max_retries, budget=args.retry_budget, timeout=args.timeout)
 
 
 def run(args: argparse.Namespace) -> int:
-    download_chammi(args.out, args.record_url, args.files, args.keep_archives)
+    download_chammi(args.out, args.record_url, args.files, args.keep_archives, policy_of(args))
     return 0
