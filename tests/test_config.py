@@ -103,3 +103,69 @@ def test_registry_has_the_papers_24_runs():
         corpus = registry.CORPORA[registry.run(name).corpus]
         assert corpus.sources == ("jumpcp_5ch",), name
     assert registry.run_config("P-MAE-BoC-L", cfg)["mae"]["mask_ratio"] == 0.75
+
+
+# --------------------------------------------------------------- unknown keys, one line each
+def test_unknown_keys_are_listed_one_per_line_with_the_closest_key(tmp_path):
+    from channel_ssl.config import unknown_keys
+
+    config = {"seeed": 1, "pretrain": {"lrr": 0.1, "mae": {"mask_ratoi": 0.5}}, "lr": 3}
+    assert unknown_keys(config) == [
+        "unknown key 'seeed': did you mean 'seed'?",
+        "unknown key 'pretrain.lrr': did you mean 'pretrain.lr'?",
+        "unknown key 'pretrain.mae.mask_ratoi': did you mean 'pretrain.mae.mask_ratio'?",
+        "unknown key 'lr': did you mean 'pretrain.lr'?",  # the right key in the wrong section
+    ]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrain:\n  lrr: 0.1\nzzzz: 1\n")
+    with pytest.raises(UserError) as err:
+        load_config(bad)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{bad}: unknown configuration key(s):"
+    assert lines[1] == "  unknown key 'pretrain.lrr': did you mean 'pretrain.lr'?"
+    assert lines[2].startswith("  unknown key 'zzzz': valid keys at the top level: ")
+    assert "pretrain" in lines[2] and len(lines) == 3
+
+
+def test_unknown_keys_under_patterns_and_free_mappings():
+    from channel_ssl.config import unknown_keys
+
+    config = {
+        "sources": {"raw_dirs": {"any_source_name": "/data"}},  # a free mapping: any key
+        "learning": {"overrides": {"boc": {"iters": 5}, "vit": {}}},
+    }
+    assert unknown_keys(config) == [
+        "unknown key 'learning.overrides.boc.iters': did you mean "
+        "'learning.overrides.boc.iterations'?",
+        "unknown key 'learning.overrides.vit': valid keys here: "
+        "keys matching ^(boc|cvit|ha|mae|fixed)$",
+    ]
+    import yaml
+
+    for name in ("demo", "smoke", "paper"):
+        assert unknown_keys(yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())) == []
+
+
+def test_snakemake_reports_unknown_keys_in_a_few_lines(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    repo = CONFIG_DIR.parent
+    common = (repo / "workflow" / "rules" / "common.smk").read_text()
+    assert common.index("check_unknown_keys(config)") < common.index("validate(config")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"results_dir: {tmp_path}/r\npretrain:\n  lrr: 0.1\n")
+    bin_dir = os.path.dirname(sys.executable)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
+        cwd=repo,
+        env=dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "unknown key 'pretrain.lrr': did you mean 'pretrain.lr'?" in out
+    assert len(out.splitlines()) < 30  # not the schema (over a thousand lines)

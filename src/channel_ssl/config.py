@@ -9,6 +9,8 @@ its default and its meaning. Snakemake validates the same file with the same sch
 from __future__ import annotations
 
 import copy
+import difflib
+import re
 from pathlib import Path
 
 import jsonschema
@@ -51,9 +53,87 @@ def _error_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
+def _known_paths(schema: dict, prefix: str = "") -> list[str]:
+    """Every key path the schema names (``pretrain``, ``pretrain.lr``, ...)."""
+    paths = []
+    for name, sub in (schema.get("properties") or {}).items():
+        paths.append(prefix + name)
+        if isinstance(sub, dict):
+            paths += _known_paths(sub, f"{prefix}{name}.")
+    return paths
+
+
+def _unknown(instance, schema: dict, prefix: str, everywhere: list[str], out: list[str]) -> None:
+    if not isinstance(instance, dict) or not isinstance(schema, dict):
+        return
+    props = schema.get("properties") or {}
+    patterns = schema.get("patternProperties") or {}
+    additional = schema.get("additionalProperties", True)
+    for key, value in instance.items():
+        key = str(key)
+        path = prefix + key
+        if key in props:
+            _unknown(value, props[key], path + ".", everywhere, out)
+            continue
+        matched = [sub for pattern, sub in patterns.items() if re.search(pattern, key)]
+        if matched:
+            for sub in matched:
+                _unknown(value, sub, path + ".", everywhere, out)
+            continue
+        if isinstance(additional, dict):
+            _unknown(value, additional, path + ".", everywhere, out)
+            continue
+        if additional is not False:
+            continue
+        close = difflib.get_close_matches(key, list(props), n=1)
+        if close:
+            hint = f"did you mean '{prefix}{close[0]}'?"
+        else:
+            # the right key in the wrong section (``lr`` at the top instead of ``pretrain.lr``)
+            leaves = {p.rsplit(".", 1)[-1]: p for p in reversed(everywhere)}
+            elsewhere = difflib.get_close_matches(key, list(leaves), n=1)
+            valid = sorted(props) + [f"keys matching {p}" for p in patterns]
+            hint = (
+                f"did you mean '{leaves[elsewhere[0]]}'?"
+                if elsewhere
+                else f"valid keys {'here' if prefix else 'at the top level'}: {', '.join(valid)}"
+            )
+        out.append(f"unknown key '{path}': {hint}")
+
+
+def unknown_keys(config: dict, schema: dict | None = None) -> list[str]:
+    """One line per key of ``config`` the schema does not allow, with the closest valid key.
+
+    Objects with ``additionalProperties: false`` are checked at every depth; a key is named
+    by its path (``pretrain.lrr``).
+    """
+    schema = load_schema() if schema is None else schema
+    out: list[str] = []
+    _unknown(config or {}, schema, "", _known_paths(schema), out)
+    return out
+
+
+def check_unknown_keys(
+    config: dict,
+    source: str = "the workflow config (--configfile, --config)",
+    schema: dict | None = None,
+) -> None:
+    """Raise UserError listing every unknown key (one per line) before schema validation.
+
+    ``workflow/rules/common.smk`` calls it ahead of Snakemake's ``validate``, whose message
+    for an unknown key is the whole schema.
+    """
+    lines = unknown_keys(config, schema)
+    if lines:
+        raise UserError(
+            "\n".join([f"{source}: unknown configuration key(s):"] + [f"  {x}" for x in lines])
+        )
+
+
 def validate_config(config: dict, source: str = "<config>") -> dict:
     """Return a copy of ``config`` with defaults filled; raise UserError naming the bad key."""
     schema = load_schema()
+    check_unknown_keys(config or {}, source, schema)
     resolved = copy.deepcopy(config or {})
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))

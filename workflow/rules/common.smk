@@ -9,6 +9,8 @@ from channel_ssl.audit import changed_outputs
 from channel_ssl.environment import put_interpreter_on_path
 from channel_ssl.plan import sizing
 
+from channel_ssl.config import check_unknown_keys
+check_unknown_keys(config)  # one line per unknown key, before validate prints the whole schema
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"]
