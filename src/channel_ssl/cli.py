@@ -52,6 +52,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "linear probe of one task of a non-CHAMMI dataset",
     ),
     "render-table": ("channel_ssl.render_tables", "render a paper table beside the paper's values"),
+    "render-claims": (
+        "channel_ssl.claims",
+        "check the paper's claims against its tables and the reproduced values",
+    ),
     "audit": (
         "channel_ssl.audit",
         "print the lineage of a table cell or output; --verify re-hashes it",

@@ -115,6 +115,15 @@ def render_table(args) -> StepIO:
     return StepIO(inputs=inputs, outputs=[args.out_csv, args.out_md])
 
 
+def render_claims(args) -> StepIO:
+    from channel_ssl.claims import default_claims_path
+    from channel_ssl.render_tables import default_tables_path
+
+    inputs = list(dict.fromkeys(args.table_csv))
+    inputs += [str(args.claims or default_claims_path()), str(args.tables or default_tables_path())]
+    return StepIO(inputs=inputs, outputs=[args.out_csv, args.out_md])
+
+
 def _files_under(root: str, exclude: set[str]) -> list[str]:
     out = []
     for dirpath, _, names in os.walk(root):
@@ -168,6 +177,7 @@ STEP_IO: dict[str, Callable[..., StepIO]] = {
     "eval-chammi": chammi_scores,
     "linear-probe": chammi_scores,
     "render-table": render_table,
+    "render-claims": render_claims,
     "make-demo-source": make_demo_source,
     "locate-source": locate_source,
     "prepare-source": prepare_source,
