@@ -115,6 +115,31 @@ def _parse_bool_column(values: pd.Series, path: Path, column: str) -> np.ndarray
     return text.isin(_TRUE).to_numpy()
 
 
+def read_metadata_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """One ``enriched_meta.csv`` as text columns; UserError naming it if it has no rows.
+
+    Everything is read as text so plate ids like 24307 or ids with leading zeros stay as
+    written. An empty file (pandas: "No columns to parse from file") and a header without
+    rows are both errors that name the file: a truncated download or copy looks like that.
+    """
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError as exc:
+        raise UserError(
+            f"CHAMMI metadata {path} is empty (no header, no rows); it was probably cut short "
+            "by an interrupted download or copy: fetch or copy it again"
+        ) from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"CHAMMI metadata {path} is not a readable CSV: {exc}") from exc
+    if df.empty:
+        raise UserError(
+            f"CHAMMI metadata {path} has a header but no rows (columns {list(df.columns)}); "
+            "it was probably cut short: fetch or copy it again"
+        )
+    return df
+
+
 def read_metadata(root: str | os.PathLike, dataset: str) -> pd.DataFrame:
     """Read and validate ``<root>/<dataset>/enriched_meta.csv``.
 
@@ -125,7 +150,7 @@ def read_metadata(root: str | os.PathLike, dataset: str) -> pd.DataFrame:
 
     Raises:
         FileNotFoundError: the CSV does not exist.
-        UserError: missing columns (all named), unknown split values, a non-positive or
+        UserError: the file is empty or has a header but no rows, missing columns (all named), unknown split values, a non-positive or
             non-integer ``channel_width``, a task present in ``train_test_split`` without its
             boolean column, or a boolean column that disagrees with ``train_test_split``.
     """
@@ -133,8 +158,7 @@ def read_metadata(root: str | os.PathLike, dataset: str) -> pd.DataFrame:
     path = metadata_path(root, dataset)
     if not path.exists():
         raise FileNotFoundError(f"CHAMMI metadata {path} does not exist")
-    # Read everything as text so plate ids like 24307 or ids with leading zeros stay as written.
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = read_metadata_csv(path)
     missing = [c for c in required_columns(dataset) if c not in df.columns]
     if missing:
         raise UserError(f"{path}: missing required column(s) {missing}")

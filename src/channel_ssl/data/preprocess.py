@@ -29,6 +29,7 @@ from channel_ssl.data.chammi import (
     DATASETS,
     channel_names,
     load_image,
+    metadata_path,
     read_metadata,
     tasks_of,
 )
@@ -151,6 +152,10 @@ def preprocess_dataset(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     writer.close()
+    if not rows:  # read_metadata refuses a file without rows; never write a column-less manifest
+        raise UserError(
+            f"{metadata_path(chammi_root, dataset)} lists no images; nothing to write to {out_dir}"
+        )
     manifest = write_manifest(out_dir / MANIFEST_NAME, rows)
     log.info(
         "%s: %d images in %d shard(s) -> %s", dataset, len(manifest), len(writer.written), out_dir

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from channel_ssl.atomic import atomic_path
+from channel_ssl.npy import load_npy
 
 MANIFEST_COLUMNS = [
     "source",
@@ -115,7 +116,7 @@ class ShardStore:
             path = self.root / name
             if not path.exists():
                 raise FileNotFoundError(f"shard {path} listed in the manifest does not exist")
-            arr = np.load(path, mmap_mode="r")
+            arr = load_npy(path, "shard", mmap_mode="r")
             self._cache[name] = arr
         return arr
 
