@@ -117,3 +117,18 @@ def test_slurm_profile_asks_pretraining_jobs_for_the_stop_signal_allowed_by_the_
     assert re.fullmatch(r"'--signal=USR1@\d+'", extra)  # job steps, not "B:" (batch shell)
     assert not any(re.search(p, extra) for p in get_forbidden_slurm_options())
     assert profile["retries"] >= 1  # a stopped job (exit 75) is resubmitted and resumes
+
+
+def test_claims_target_plans_the_claims_job_on_the_tables_it_rests_on(tmp_path):
+    from channel_ssl.claims import claim_tables
+
+    counts = job_counts(snakemake("-n", "claims", "--config", f"results_dir={tmp_path}/r").stdout)
+    assert counts["render_claims"] == 1
+    assert counts["render_table"] == len(claim_tables()) == 12
+    assert "render_figure" not in counts
+    # `snakemake` with no target builds the claims table with the tables it rests on ...
+    counts = job_counts(snakemake("-n", "--config", f"results_dir={tmp_path}/r").stdout)
+    assert counts["render_claims"] == 1
+    # ... but not when the configured targets leave some of those tables out
+    out = snakemake("-n", "--config", f"results_dir={tmp_path}/r", "targets=[table5]").stdout
+    assert "render_claims" not in job_counts(out)

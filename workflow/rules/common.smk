@@ -63,8 +63,12 @@ DEMO = config["scale"] != "paper"
 
 
 def get_final_output():
-    """Every table and figure the config's 'targets' lists."""
-    return [out for t in config["targets"] for out in target_outputs(t)]
+    """Every table and figure the config's 'targets' lists, and the claims table (rule
+    render_claims) when every table its claims rest on is among them."""
+    outputs = [out for t in config["targets"] for out in target_outputs(t)]
+    if set(claim_tables()) <= set(config["targets"]):
+        outputs += [table_output("claims"), table_output("claims", "md")]
+    return outputs
 
 
 def target_outputs(name):

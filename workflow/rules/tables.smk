@@ -1,4 +1,7 @@
 # Tables and figures: each table rendered beside the paper's values; one named target each.
+# The claims table: the paper's statements about its results checked on the rendered tables.
+
+from channel_ssl.claims import claim_tables
 
 
 rule render_table:
@@ -14,6 +17,8 @@ rule render_table:
         md=res("tables/{table}.md"),
     log:
         res("logs/tables/{table}.log"),
+    wildcard_constraints:
+        table="|".join(registry.TABLES),
     conda:
         "../../envs/evaluate.yaml"
     params:
@@ -24,6 +29,33 @@ rule render_table:
     shell:
         "channel-ssl render-table --table {wildcards.table} {params.args}"
         " --out-csv {output.csv} --out-md {output.md} --note '{params.note}' --log {log}"
+
+
+rule render_claims:
+    input:
+        [table_output(t) for t in claim_tables()],
+    output:
+        csv=report(
+            res("tables/claims.csv"),
+            category="Tables",
+            labels={"table": "claims"},
+        ),
+        md=res("tables/claims.md"),
+    log:
+        res("logs/tables/claims.log"),
+    conda:
+        "../../envs/evaluate.yaml"
+    params:
+        note=scale_note(),
+    shell:
+        "channel-ssl render-claims --table-csv {input} --out-csv {output.csv}"
+        " --out-md {output.md} --note '{params.note}' --log {log}"
+
+
+rule claims:
+    default_target: False
+    input:
+        rules.render_claims.output,
 
 
 rule render_figure:
