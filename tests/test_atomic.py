@@ -96,3 +96,27 @@ def test_temporary_removed_when_writer_is_signalled(tmp_path, sig):
     assert not os.path.exists(tmp)
     assert not out.exists()
     assert _leftovers(tmp_path) == []
+
+
+def test_tree_of_outputs_is_group_readable_under_umask_022(tmp_path, umask_022):
+    import numpy as np
+    import pandas as pd
+
+    from channel_ssl.atomic import save_npy, write_json, write_table
+
+    out = tmp_path / "results"
+    write_text(out / "tables" / "table1.md", "| a |\n")
+    write_json(out / "runs" / "P-BoC-L" / "provenance.json", {"ok": True})
+    save_npy(out / "features" / "HPA" / "cls1.npy", np.zeros((2, 3), dtype=np.float32))
+    frame = pd.DataFrame({"a": [1, 2]})
+    write_table(out / "scores" / "knn.csv", frame)
+    write_table(out / "shards" / "manifest.parquet", frame)
+    paths = [out, *out.rglob("*")]
+    assert sum(p.is_file() for p in paths) == 5
+    assert _leftovers(out) == [] and not [p for p in paths if ".tmp" in p.name]
+    for p in paths:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        if p.is_dir():
+            assert mode == 0o755, p  # group and others may list and enter it
+        else:
+            assert mode == 0o644, p  # group and others may read it

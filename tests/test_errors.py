@@ -160,3 +160,11 @@ def test_every_raw_directory_has_its_documentation_section():
     headings = (REPO / "docs" / "datasets.md").read_text().splitlines()
     for raw, section in DOC_SECTIONS.items():
         assert f"## {section}" in headings, raw
+
+
+def test_reliability_doc_names_tests_that_exist():
+    text = (REPO / "docs" / "reliability.md").read_text()
+    named = set(re.findall(r"`(tests/test_\w+\.py)::(test_\w+)`", text))
+    assert len(named) > 30
+    for file, test in sorted(named):
+        assert f"def {test}(" in (REPO / file).read_text(), f"{file}::{test}"
