@@ -240,3 +240,28 @@ def test_mae_run_trains_resumes_and_extracts(corpus_path, tmp_path, caplog):
     for key in ("student", "teacher", "decoder"):
         for name, value in state[key].items():
             assert torch.equal(resumed[key][name], value), (key, name)
+
+
+def test_mae_runs_train_with_maes_own_optimiser_recipe():
+    from channel_ssl import registry
+    from channel_ssl.config import load_config
+    from channel_ssl.train.pretrain import load_run_config, resolve_run
+
+    paper = load_config("config/paper.yaml")
+    mae = registry.run_config("P-MAE-BoC-L", paper)
+    assert (mae["lr"], mae["lr_ref_batch"], mae["lr_scaling"]) == (1.5e-4, 256, "linear")
+    assert mae["weight_decay"] == mae["weight_decay_end"] == 0.05
+    assert mae["betas"] == [0.9, 0.95] and mae["layerwise_decay"] == 1.0
+    assert mae["patch_embed_lr_mult"] == 1.0 and mae["clip_grad"] == 0.0
+    assert mae["model"]["drop_path"] == 0.0 and mae["mae"]["mask_ratio"] == 0.75
+    assert "optimizer" not in mae["mae"]
+    import pandas as pd
+
+    corpus = pd.DataFrame({"n_channels": [4, 4], "weight": [0.5, 0.5]})
+    cfg = load_run_config(mae)
+    assert resolve_run(cfg, corpus).lr == pytest.approx(1.5e-4 * cfg.batch_size / 256)
+    # the DINO runs keep DINOv2's recipe
+    dino = registry.run_config("P-BoC-L", paper)
+    assert dino["lr_ref_batch"] == 1024 and dino["layerwise_decay"] == 0.9
+    dino_cfg = load_run_config(dino)
+    assert dino_cfg.lr_scaling == "sqrt" and dino_cfg.betas == [0.9, 0.999]

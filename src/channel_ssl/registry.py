@@ -548,7 +548,22 @@ def run_config(name: str, config: dict) -> dict:
         "precision": p["precision"],
     }
     if r.objective == "mae":
-        out["mae"] = dict(config["pretrain"]["mae"])
+        mae = dict(config["pretrain"]["mae"])
+        # MAE trains with its own optimiser recipe (schema: pretrain.mae.optimizer)
+        recipe = dict(mae.pop("optimizer", {}))
+        out.update(
+            lr=recipe["lr"],
+            lr_ref_batch=recipe["lr_ref_batch"],
+            lr_scaling=recipe["lr_scaling"],
+            weight_decay=recipe["weight_decay"],
+            weight_decay_end=recipe["weight_decay"],
+            betas=list(recipe["betas"]),
+            layerwise_decay=recipe["layerwise_decay"],
+            patch_embed_lr_mult=recipe["patch_embed_lr_mult"],
+            clip_grad=recipe["clip_grad"],
+        )
+        out["model"]["drop_path"] = recipe["drop_path"]
+        out["mae"] = mae
     return out
 
 

@@ -170,6 +170,7 @@ class RunConfig:
     batch_size: int = 1024
     lr: float = 5e-4
     lr_ref_batch: int = 1024
+    lr_scaling: str = "sqrt"  # DINOv2: lr x sqrt(batch / ref); MAE: "linear"
     min_lr: float = 1e-6
     warmup_iterations: int | None = None  # None: 20 of 36 epochs, an epoch = iterations / 36
     weight_decay: float = 0.04
@@ -263,6 +264,11 @@ def validate_run_config(cfg: RunConfig) -> None:
     )
     _require(
         cfg.precision in ("fp32", "bf16"), "precision", f"is {cfg.precision!r}; valid: fp32, bf16"
+    )
+    _require(
+        cfg.lr_scaling in ("sqrt", "linear"),
+        "lr_scaling",
+        f"is {cfg.lr_scaling!r}; valid: sqrt, linear",
     )
     _require(
         cfg.dino.centering in ("centering", "sinkhorn_knopp"),
@@ -750,7 +756,12 @@ def resolve_run(cfg: RunConfig, corpus: pd.DataFrame) -> ResolvedRun:
     return ResolvedRun(
         total_iterations=total,
         boc_iterations_multiplier=multiplier,
-        lr=cfg.lr * math.sqrt(cfg.batch_size / cfg.lr_ref_batch),
+        lr=cfg.lr
+        * (
+            cfg.batch_size / cfg.lr_ref_batch
+            if cfg.lr_scaling == "linear"
+            else math.sqrt(cfg.batch_size / cfg.lr_ref_batch)
+        ),
         warmup_iterations=derived(cfg.warmup_iterations, WARMUP_EPOCHS),
         warmup_teacher_temp_iterations=derived(
             cfg.dino.warmup_teacher_temp_iterations, WARMUP_EPOCHS
