@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -142,3 +143,114 @@ def test_targets_fail_on_collapse_small_gain_or_flat_mae():
     flat = good.copy()
     flat.loc[4, "last_mae"] = 0.9
     assert not all(met for _, met, _ in judge(flat))
+
+
+# ------------------------------------------------------------------ learning beats random init
+SHAPE_SIZE = 16
+
+
+def _shape(kind: int, rng: np.random.Generator) -> np.ndarray:
+    """One 16 px single-channel image of a disc, ring, cross or square outline at a random
+    position, size and brightness, with noise: the class is the shape, not where it is."""
+    yy, xx = np.mgrid[:SHAPE_SIZE, :SHAPE_SIZE].astype(float)
+    cy, cx = rng.uniform(5, SHAPE_SIZE - 5, 2)
+    r = rng.uniform(3, 4.5)
+    d = np.hypot(yy - cy, xx - cx)
+    dy, dx = abs(yy - cy), abs(xx - cx)
+    mask = [
+        d < r,
+        (d < r) & (d > r - 1.5),
+        ((dy < 1) & (dx < r)) | ((dx < 1) & (dy < r)),
+        (dy < r) & (dx < r) & ~((dy < r - 1.5) & (dx < r - 1.5)),
+    ][kind]
+    image = mask * rng.uniform(0.6, 1.0) + rng.normal(0, 0.05, mask.shape)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)[None]
+
+
+def test_pretraining_beats_random_init_at_knn_on_an_easy_set(tmp_path):
+    """Fails when a change to the losses, schedules or heads stops DINO from learning: BoC
+    pretrained for 300 iterations on 400 shape images must beat the same network at random
+    initialisation at 1-NN on 400 held-out images. Measured when written: random init 0.695,
+    pretrained 0.772 (teacher momentum 0.996 instead of 0.95: 0.655, collapsed to uniform)."""
+    from channel_ssl.data.shards import ShardWriter
+    from channel_ssl.train.checkpoint import load_backbone
+    from channel_ssl.train.pretrain import build_run_backbone, load_run_config
+
+    rng = np.random.default_rng(0)
+    writer = ShardWriter(tmp_path / "src", shard_size=256)
+    rows = []
+    for i in range(400):
+        shard, offset = writer.add(_shape(i % 4, rng))
+        rows.append(
+            {
+                "source": "src",
+                "image_id": f"i{i}",
+                "row": i,
+                "channels": "c0",
+                "n_channels": 1,
+                "height": SHAPE_SIZE,
+                "width": SHAPE_SIZE,
+                "label": str(i % 4),
+                "split": "unlabelled",
+                "tasks": "",
+                "factors": "{}",
+                "shard": shard,
+                "offset": offset,
+                "shard_dir": "src",
+            }
+        )
+    writer.close()
+    corpus = pd.DataFrame(rows)
+    corpus["weight"] = 1.0 / len(corpus)
+    corpus.to_parquet(tmp_path / "corpus.parquet", index=False)
+
+    held_out = torch.tensor(
+        np.stack([_shape(i % 4, np.random.default_rng(10_000 + i)) for i in range(400)])
+    ).float()
+    held_out = (held_out - held_out.mean((2, 3), keepdim=True)) / (
+        held_out.std((2, 3), keepdim=True) + 1e-6
+    )
+    labels = np.arange(400) % 4
+
+    def knn_accuracy(backbone) -> float:
+        with torch.no_grad():
+            features = backbone.embed(held_out, n_last_blocks=1)["cls_layers"][:, -1, 0]
+        features = torch.nn.functional.normalize(features.double(), dim=1)
+        similarity = features @ features.T
+        similarity.fill_diagonal_(-2)
+        return float((labels[similarity.argmax(1).numpy()] == labels).mean())
+
+    config = {
+        "run": "shapes",
+        "seed": 0,
+        "model": {"family": "boc", "arch": "micro", "patch_size": 4},
+        "iterations": 300,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "lr_ref_batch": 32,
+        "warmup_iterations": 30,
+        "teacher": {"momentum": 0.95},
+        "dino": {
+            "n_prototypes": 64,
+            "hidden_dim": 64,
+            "bottleneck_dim": 32,
+            "head_init": "width_matched",
+            "teacher_temp": 0.02,
+            "warmup_teacher_temp": 0.02,
+            "warmup_teacher_temp_iterations": 0,
+        },
+        "crops": {
+            "global_crops_size": 16,
+            "local_crops_number": 2,
+            "local_crops_size": 8,
+            "local_crops_scale": [0.1, 0.4],
+        },
+        "checkpoint_every": 100000,
+        "log_every": 100,
+        "boc_pixel_budget": False,
+    }
+    torch.manual_seed(0)
+    random_init = knn_accuracy(build_run_backbone(load_run_config(config), drop_path=0.0).eval())
+    backbone, _ = load_backbone(train(tmp_path / "corpus.parquet", config, tmp_path / "run"))
+    pretrained = knn_accuracy(backbone)
+    assert pretrained >= random_init + 0.04, (random_init, pretrained)
