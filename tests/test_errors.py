@@ -168,3 +168,16 @@ def test_reliability_doc_names_tests_that_exist():
     assert len(named) > 30
     for file, test in sorted(named):
         assert f"def {test}(" in (REPO / file).read_text(), f"{file}::{test}"
+
+
+def test_garbage_feature_file_is_named_by_the_evaluation_and_the_figures(tmp_path):
+    from channel_ssl.eval.knn_eval import load_features
+    from channel_ssl.figures import load_features as load_figure_features
+
+    bad = tmp_path / "feats" / "Allen" / "cls1.npy"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x93NUMPY garbage that is not an array")
+    with pytest.raises(UserError, match=re.escape(str(bad))):
+        load_features(tmp_path / "feats", "Allen", "cls1.npy")
+    with pytest.raises(UserError, match=re.escape(str(bad))):
+        load_figure_features(bad, n_rows=3)

@@ -43,6 +43,7 @@ import pandas as pd
 from channel_ssl.atomic import atomic_path, write_table
 from channel_ssl.data.shards import load_manifest
 from channel_ssl.errors import UserError
+from channel_ssl.npy import load_npy
 
 COMMAND = "render-figure"
 HELP = "render a paper figure (UMAP)"
@@ -59,7 +60,7 @@ def load_features(path: str | Path, n_rows: int, what: str = "features") -> np.n
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist")
-    array = np.load(path)
+    array = load_npy(path, what)
     if array.ndim != 2 or array.shape[0] != n_rows:
         raise UserError(
             f"{what} {path} has shape {array.shape}; expected ({n_rows}, F): one row per "
@@ -113,7 +114,7 @@ def load_subset_rows(path: str | Path, n_rows: int) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"subset rows {path} does not exist")
-    rows = np.load(path)
+    rows = load_npy(path, "subset rows")
     if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
         raise UserError(
             f"subset rows {path} must be a 1-D integer array; got {rows.dtype} {rows.shape}"

@@ -108,7 +108,8 @@ def chammi_scores(args) -> StepIO:
 def render_table(args) -> StepIO:
     from channel_ssl.render_tables import split_selector
 
-    files = (split_selector(row.split("=", 1)[1])[0] for row in args.row if "=" in row)
+    rows = list(args.row) + list(getattr(args, "reference", None) or [])
+    files = (split_selector(row.split("=", 1)[1])[0] for row in rows if "=" in row)
     inputs = list(dict.fromkeys(files))
     if getattr(args, "summary", None):
         inputs.append(args.summary)

@@ -46,6 +46,7 @@ import pandas as pd
 from channel_ssl.atomic import atomic_path, save_npy
 from channel_ssl.data.preprocess import to_uint8
 from channel_ssl.errors import UserError
+from channel_ssl.npy import load_npy
 
 log = logging.getLogger("channel_ssl.data.jumpcp")
 
@@ -180,7 +181,7 @@ def cell_items(raw_dir: str | os.PathLike, channels: tuple[str, ...]):
             raise FileNotFoundError(
                 f"cell {cell['ID']} (row {table_row} of the plate table): {cell['path']} -> {path} does not exist"
             )
-        stack = np.load(path)
+        stack = load_npy(path, "JUMP-CP cell array")
         if stack.ndim != 3 or stack.shape[0] != len(CHANNELS):
             raise UserError(f"{path}: expected ({len(CHANNELS)}, H, W), got shape {stack.shape}")
         factors = {

@@ -47,6 +47,7 @@ from PIL import Image
 
 from channel_ssl.atomic import atomic_path, save_npy, write_text
 from channel_ssl.errors import UserError
+from channel_ssl.npy import load_npy
 
 log = logging.getLogger("channel_ssl.data.meterml")
 
@@ -176,7 +177,7 @@ def load_bands(folder: Path, products: tuple[str, ...]) -> np.ndarray:
     for product in products:
         if product == "naip":
             continue
-        array = np.load(folder / file_name(product))
+        array = load_npy(folder / file_name(product), f"Meter-ML {product} array")
         n_bands = len(PRODUCT_BANDS[product])
         if array.ndim != 3 or array.shape[2] != n_bands:
             raise UserError(

@@ -27,6 +27,7 @@ import pandas as pd
 
 from channel_ssl.atomic import save_npy, write_table
 from channel_ssl.errors import UserError
+from channel_ssl.npy import load_npy
 
 log = logging.getLogger("channel_ssl.opencell")
 
@@ -70,7 +71,7 @@ def prepare(raw_dir, out_dir, image_size: int, shard_size: int) -> pd.DataFrame:
     pairs = []
     total = 0
     for index, image_path, label_path in file_pairs(raw):
-        images = np.load(image_path, mmap_mode="r")
+        images = load_npy(image_path, "OpenCell images", mmap_mode="r")
         labels = pd.read_csv(label_path, dtype=str, keep_default_na=False)
         if images.ndim != 4 or images.shape[-1] < max(KEPT_CHANNEL_INDICES) + 1:
             raise UserError(f"{image_path}: shape {images.shape}; expected (N, H, W, 4)")

@@ -73,6 +73,7 @@ from channel_ssl.eval.metrics import (
     multilabel_present_f1,
     per_class_f1,
 )
+from channel_ssl.npy import load_npy
 
 COMMAND = "probe-dataset"
 HELP = "linear probe of one task of a non-CHAMMI dataset"
@@ -178,7 +179,7 @@ def load_features(features_path: str, manifest: pd.DataFrame, manifest_path: str
     path = Path(features_path)
     if not path.exists():
         raise FileNotFoundError(f"feature file {path} does not exist")
-    feats = np.load(path, mmap_mode="r")
+    feats = load_npy(path, "feature file", mmap_mode="r")
     if feats.ndim != 2:
         raise UserError(
             f"feature file {path} must be 2-D (n_rows, n_features), got shape {feats.shape}"

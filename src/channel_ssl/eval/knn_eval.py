@@ -37,6 +37,7 @@ from sklearn.metrics import classification_report, f1_score
 
 from channel_ssl.atomic import write_json, write_table
 from channel_ssl.errors import UserError
+from channel_ssl.npy import load_npy
 
 COMMAND = "eval-chammi"
 HELP = "CHAMMI 1-NN evaluation (drop-in for MorphEm)"
@@ -197,7 +198,7 @@ def load_features(features_dir: str | os.PathLike, dataset: str, feature_file: s
     path = Path(features_dir) / dataset / feature_file
     if not path.exists():
         raise FileNotFoundError(f"feature file {path} does not exist")
-    return np.load(path)
+    return load_npy(path, "feature file")
 
 
 # --------------------------------------------------------------------------- 1-NN
