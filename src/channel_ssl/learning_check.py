@@ -263,7 +263,9 @@ def learning_check(config_path: str, out: Path, seeds: int | None = None) -> int
     import torch
 
     from channel_ssl.train.checkpoint import load_backbone
-    from channel_ssl.train.pretrain import build_run_backbone, load_run_config, train
+    from channel_ssl.train.pretrain import train
+    from channel_ssl.train.run_config import load_run_config
+    from channel_ssl.train.ssl_meta_arch import build_run_backbone
 
     t0 = time.perf_counter()
     config = load_config(config_path)

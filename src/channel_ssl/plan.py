@@ -138,12 +138,13 @@ def checkpoint_bytes(run_config_json: str) -> tuple[int, int]:
 
     import torch
 
-    from channel_ssl.train.pretrain import build_network, load_run_config
+    from channel_ssl.train.run_config import load_run_config
+    from channel_ssl.train.ssl_meta_arch import build_network
 
     cfg = load_run_config(json.loads(run_config_json))
     with torch.device("meta"):
         if cfg.objective == "mae":
-            from channel_ssl.train.pretrain import MAETraining  # builds its own network
+            from channel_ssl.train.ssl_meta_arch import MAETraining  # builds its own network
 
             network = MAETraining(cfg, torch.device("meta")).student
         else:
@@ -180,7 +181,7 @@ class Sizing:
 def _sizing(name: str, config_json: str) -> Sizing:
     import json
 
-    from channel_ssl.train.pretrain import load_run_config
+    from channel_ssl.train.run_config import load_run_config
 
     config = json.loads(config_json)
     run = registry.run(name)
@@ -217,7 +218,7 @@ def sizing(name: str, config: dict) -> Sizing:
 def plan_run(name: str, config: dict) -> RunPlan:
     import json
 
-    from channel_ssl.train.pretrain import load_run_config
+    from channel_ssl.train.run_config import load_run_config
 
     run = registry.run(name)
     run_config = registry.run_config(name, config)

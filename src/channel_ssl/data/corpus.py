@@ -32,17 +32,16 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from channel_ssl.atomic import write_json, write_table
+from channel_ssl.data.corpus_rows import BALANCE_MODES, relative_shard_dir, source_weights
 from channel_ssl.data.shards import MANIFEST_NAME, load_manifest
 from channel_ssl.errors import UserError
 
 COMMAND = "assemble-corpus"
 HELP = "assemble a pretraining corpus from manifests"
 log = logging.getLogger("channel_ssl.corpus")
-BALANCE_MODES = ("source", "none")
 
 
 def parse_exclusion(text: str) -> tuple[str, str]:
@@ -51,24 +50,6 @@ def parse_exclusion(text: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise UserError(f"--exclude {text!r}: expected COLUMN=VALUE")
     return key.strip(), value.strip()
-
-
-def _shard_dir(manifest_dir: Path, corpus_dir: Path) -> str:
-    try:
-        return os.path.relpath(manifest_dir.resolve(), corpus_dir.resolve())
-    except ValueError:  # different drives (Windows): no relative path exists
-        return str(manifest_dir.resolve())
-
-
-def source_weights(sources: pd.Series, balance: str) -> np.ndarray:
-    """Per-row weights: equal total per source (mean 1) for ``source``, all ones for ``none``."""
-    if balance == "none":
-        return np.ones(len(sources))
-    if balance != "source":
-        raise UserError(f"--balance must be one of {BALANCE_MODES}, got {balance!r}")
-    counts = sources.map(sources.value_counts())
-    n_sources = sources.nunique()
-    return (len(sources) / (n_sources * counts)).to_numpy(dtype=np.float64)
 
 
 def assemble_corpus(
@@ -96,7 +77,7 @@ def assemble_corpus(
         else:
             manifest_file, manifest_dir = path / MANIFEST_NAME, path
         df = load_manifest(manifest_file)
-        df["shard_dir"] = _shard_dir(manifest_dir, out.parent)
+        df["shard_dir"] = relative_shard_dir(manifest_dir, out.parent)
         frames.append(df)
     if not frames:
         raise UserError("assemble-corpus needs at least one --manifest")

@@ -276,7 +276,7 @@ def chammi_cells(
 
 
 def _read_manifests(paths: str | os.PathLike | list, out: Path) -> pd.DataFrame:
-    from channel_ssl.data.corpus import _shard_dir
+    from channel_ssl.data.corpus_rows import relative_shard_dir
     from channel_ssl.data.shards import MANIFEST_NAME, load_manifest
 
     frames = []
@@ -286,7 +286,7 @@ def _read_manifests(paths: str | os.PathLike | list, out: Path) -> pd.DataFrame:
             (path, path.parent) if path.suffix == ".parquet" else (path / MANIFEST_NAME, path)
         )
         df = load_manifest(manifest_file)
-        df["shard_dir"] = _shard_dir(manifest_dir, out.parent)
+        df["shard_dir"] = relative_shard_dir(manifest_dir, out.parent)
         df.attrs["path"] = str(manifest_file)
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -369,7 +369,7 @@ def assemble_extended_chammi(
         UserError: unknown source, a manifest holding rows of another source, a missing
             identity factor, an unknown leave-out name, or an empty corpus.
     """
-    from channel_ssl.data.corpus import source_weights
+    from channel_ssl.data.corpus_rows import source_weights
 
     out = Path(out)
     dropped = leave_out_sources(leave_out)
