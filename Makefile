@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo test test-slurm lint dryrun-paper plan clean-demo learning-check
+.PHONY: venv demo test test-slurm lint dryrun-paper plan rehearse clean-demo learning-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ lint: venv
 
 dryrun-paper: venv
 	snakemake --configfile config/paper.yaml -n
+
+# Every paper-scale code path at the paper's sizes on this machine (ViT-L, 65,536 prototypes,
+# DDP, the 7.7 M-row sampler, the stop signal, the plan); writes results/rehearsal/.
+rehearse: venv
+	channel-ssl rehearse --out results/rehearsal
 
 # What the paper-scale pretraining costs (nodes, GPU-hours, checkpoint disk), before any job.
 plan: venv

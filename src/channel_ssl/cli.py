@@ -69,6 +69,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "channel_ssl.plan",
         "per pretraining run: nodes, GPUs, iterations, GPU-hours, checkpoint disk, and totals",
     ),
+    "rehearse": (
+        "channel_ssl.rehearse",
+        "run the paper configuration's code paths at the paper's sizes on this machine",
+    ),
     "learning-check": (
         "channel_ssl.learning_check",
         "pretrain every family at CPU scale and score it against random init",
