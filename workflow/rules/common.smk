@@ -10,7 +10,10 @@ from channel_ssl.environment import put_interpreter_on_path
 from channel_ssl.plan import sizing
 
 from channel_ssl.config import check_unknown_keys
-check_unknown_keys(config)  # one line per unknown key, before validate prints the whole schema
+
+check_unknown_keys(
+    config
+)  # one line per unknown key, before validate prints the whole schema
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"]
