@@ -7,13 +7,11 @@ from snakemake.utils import validate
 from channel_ssl import registry
 from channel_ssl.audit import changed_outputs
 from channel_ssl.environment import put_interpreter_on_path
+from channel_ssl.config import check_unknown_keys
 from channel_ssl.plan import sizing
 
-from channel_ssl.config import check_unknown_keys
-
-check_unknown_keys(
-    config
-)  # one line per unknown key, before validate prints the whole schema
+# one line per unknown key, before validate would print the whole schema
+check_unknown_keys(config)
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"]
