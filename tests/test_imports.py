@@ -59,3 +59,12 @@ def test_find_cycle_finds_one():
 def test_no_import_cycle_in_the_package():
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_commands_are_declared_once_in_the_cli():
+    """No module keeps its own COMMAND/HELP constants beside cli.COMMANDS (they drifted)."""
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign):
+                names = {t.id for t in node.targets if isinstance(t, ast.Name)}
+                assert not names & {"COMMAND", "HELP"}, path

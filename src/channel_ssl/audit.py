@@ -26,8 +26,6 @@ from channel_ssl.provenance import (
     sha256_file,
 )
 
-HELP = "print the lineage of a table, table cell or output; --verify re-hashes it"
-
 # Table columns that belong to one CHAMMI dataset: the cell depends on that dataset's files only.
 _COLUMN_DATASET = {"WTC": "Allen", "HPA": "HPA", "CP": "CP"}
 

@@ -49,9 +49,6 @@ from channel_ssl.errors import UserError
 from channel_ssl.render_tables import CSV_COLUMNS as TABLE_CSV_COLUMNS
 from channel_ssl.render_tables import NOT_APPLICABLE, load_paper_tables
 
-COMMAND = "render-claims"
-HELP = "check the paper's claims against its tables and the reproduced values"
-
 log = logging.getLogger("channel_ssl.claims")
 
 CSV_COLUMNS = [

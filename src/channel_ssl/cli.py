@@ -1,8 +1,8 @@
 """The ``channel-ssl`` command: one subcommand per workflow step.
 
-Every command module defines ``COMMAND`` (its name), ``HELP`` (one line),
-``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported lazily so
-``channel-ssl --help`` does not pay for importing torch.
+Every command is declared once, in ``COMMANDS`` below (name, module, one-line help); its
+module defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported lazily
+so ``channel-ssl --help`` does not pay for importing torch.
 """
 
 from __future__ import annotations

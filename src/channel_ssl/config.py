@@ -21,8 +21,6 @@ from channel_ssl.errors import UserError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
-HELP = "validate a workflow config file and print it with defaults"
-
 
 def load_schema() -> dict:
     """The workflow's schema: beside the package's checkout, or in the workflow directory."""

@@ -45,8 +45,6 @@ from channel_ssl.data.shards import load_manifest
 from channel_ssl.errors import UserError
 from channel_ssl.npy import load_npy
 
-COMMAND = "render-figure"
-HELP = "render a paper figure (UMAP)"
 FIGURES = ("figure3", "figure4")
 ALL_CHANNELS_COLOUR = "tab:blue"
 SUBSET_COLOUR = "tab:orange"

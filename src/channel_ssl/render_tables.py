@@ -55,9 +55,6 @@ from channel_ssl.data.extended_chammi import (
 )
 from channel_ssl.errors import UserError
 
-COMMAND = "render-table"
-HELP = "render a paper table beside the paper's values"
-
 log = logging.getLogger("channel_ssl.render_tables")
 
 KINDS = ("chammi", "columns", "composition")

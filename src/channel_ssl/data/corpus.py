@@ -39,8 +39,6 @@ from channel_ssl.data.corpus_rows import BALANCE_MODES, relative_shard_dir, sour
 from channel_ssl.data.shards import MANIFEST_NAME, load_manifest
 from channel_ssl.errors import UserError
 
-COMMAND = "assemble-corpus"
-HELP = "assemble a pretraining corpus from manifests"
 log = logging.getLogger("channel_ssl.corpus")
 
 

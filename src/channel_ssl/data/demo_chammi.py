@@ -59,8 +59,6 @@ from channel_ssl.atomic import atomic_path, write_table
 from channel_ssl.data.chammi import DATASETS, METADATA_NAME, TASKS, TRAIN_SPLIT
 from channel_ssl.progress import ProgressLogger
 
-COMMAND = "make-demo-chammi"
-HELP = "generate the demo CHAMMI dataset"
 log = logging.getLogger("channel_ssl.demo_chammi")
 
 VARIANTS = ("benchmark", "extra")

@@ -24,9 +24,6 @@ import os
 from channel_ssl.atomic import write_json
 from channel_ssl.data.sources import resolve
 
-COMMAND = "make-demo-source"
-HELP = "generate a demo copy of a source in its native layout"
-
 # source name -> "module:function" of its demo generator (one line per source)
 DEMOS: dict[str, str] = {
     "hpa_fov": "channel_ssl.data.hpa:make_demo_fov",

@@ -68,8 +68,6 @@ from channel_ssl.data.chammi import DATASETS, METADATA_NAME
 from channel_ssl.errors import UserError
 from channel_ssl.progress import ProgressLogger
 
-COMMAND = "download-chammi"
-HELP = "download and verify CHAMMI from Zenodo"
 log = logging.getLogger("channel_ssl.download")
 
 DEFAULT_RECORD_URL = "https://zenodo.org/api/records/7988357"

@@ -20,10 +20,8 @@ import re
 from pathlib import Path
 
 from channel_ssl.atomic import write_json
-from channel_ssl.data.sources import LOCATION_HELP
 from channel_ssl.errors import UserError
 
-HELP = LOCATION_HELP
 log = logging.getLogger("channel_ssl.sources")
 
 DATASETS_DOC = "docs/datasets.md"

@@ -37,8 +37,6 @@ from channel_ssl.data.shards import MANIFEST_NAME, ShardWriter, write_manifest
 from channel_ssl.errors import UserError
 from channel_ssl.progress import ProgressLogger
 
-COMMAND = "preprocess"
-HELP = "turn a source into shards + manifest"
 log = logging.getLogger("channel_ssl.preprocess")
 
 # Factor columns copied into the manifest's ``factors`` JSON when the metadata has them.

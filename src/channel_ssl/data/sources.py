@@ -28,8 +28,6 @@ import pandas as pd
 from channel_ssl.atomic import write_json
 from channel_ssl.errors import UserError
 
-COMMAND = "prepare-source"
-HELP = "turn a non-CHAMMI source into shards + manifest"
 log = logging.getLogger("channel_ssl.sources")
 
 # source name -> "module:function" of its reader (one line per source)
@@ -163,7 +161,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- locate-source (paper scale)
-LOCATION_HELP = "record where a source's real data lies (paper scale)"
 
 
 def locate_source(source: str, raw_dir: str, out: str | os.PathLike) -> dict:

@@ -75,9 +75,6 @@ from channel_ssl.eval.metrics import (
 )
 from channel_ssl.npy import load_npy
 
-COMMAND = "probe-dataset"
-HELP = "linear probe of one task of a non-CHAMMI dataset"
-
 log = logging.getLogger("channel_ssl.eval.dataset_probe")
 
 OUTPUT_COLUMNS = ["column", "value", "metric", "lr", "val_score"]

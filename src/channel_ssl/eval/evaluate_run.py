@@ -37,7 +37,6 @@ from channel_ssl.eval.features import check_recipes
 from channel_ssl.eval.linear_probe import add_probe_arguments, probe_config_from_args
 from channel_ssl.provenance import StepIO, now, write_records
 
-HELP = "extract the features of every source a run is probed on, and run the probes"
 log = logging.getLogger("channel_ssl.evaluate_run")
 
 

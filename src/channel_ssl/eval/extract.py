@@ -46,9 +46,6 @@ from channel_ssl.eval.features import (
 )
 from channel_ssl.progress import ProgressLogger
 
-COMMAND = "extract"
-HELP = "extract embeddings of a dataset with a checkpoint"
-
 log = logging.getLogger("channel_ssl.eval.extract")
 
 

@@ -39,9 +39,6 @@ from channel_ssl.atomic import write_json, write_table
 from channel_ssl.errors import UserError
 from channel_ssl.npy import load_npy
 
-COMMAND = "eval-chammi"
-HELP = "CHAMMI 1-NN evaluation (drop-in for MorphEm)"
-
 log = logging.getLogger("channel_ssl.eval.knn")
 
 DATASETS = ("Allen", "HPA", "CP")

@@ -53,9 +53,6 @@ from channel_ssl.eval.knn_eval import (
 from channel_ssl.eval.metrics import multilabel_present_f1
 from channel_ssl.progress import ProgressLogger
 
-COMMAND = "linear-probe"
-HELP = "linear-probe sweep on extracted features"
-
 log = logging.getLogger("channel_ssl.eval.linear_probe")
 
 PROBE_COLUMNS = SCORE_COLUMNS + ["lr", "val_f1"]

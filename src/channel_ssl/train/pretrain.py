@@ -95,8 +95,6 @@ from channel_ssl.train.ssl_meta_arch import (
     build_training,
 )
 
-COMMAND = "pretrain"
-HELP = "self-supervised pretraining of one run"
 log = logging.getLogger("channel_ssl.pretrain")
 
 
