@@ -656,3 +656,14 @@ def test_table12_kd_boc_row_marked_inferred():
     assert row["values"] == boc6["values"]
     note = " ".join(row["notes"].values())
     assert note.startswith("Inferred") and "one of the paper's two text extractions" in note
+
+
+def test_a_tables_title_is_declared_once_in_the_paper_tables():
+    import dataclasses
+
+    from channel_ssl import registry
+
+    assert "title" not in {f.name for f in dataclasses.fields(registry.Table)}
+    tables = load_paper_tables()
+    assert set(registry.TABLES) <= set(tables)
+    assert all(tables[name]["title"] for name in registry.TABLES)

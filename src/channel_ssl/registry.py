@@ -108,8 +108,10 @@ class Row:
 
 @dataclass(frozen=True)
 class Table:
+    """A paper table: its reproduced rows. Its title and printed values are in
+    ``resources/paper_tables.yaml`` (``render_tables.load_paper_tables``), declared once."""
+
     name: str
-    title: str
     rows: tuple[Row, ...] = field(default_factory=tuple)
     corpus_summary: str | None = None  # table 7: rendered from this corpus's summary
     # a row scored by this project that is not in the paper (the random-init reference)
@@ -292,7 +294,6 @@ TABLES: dict[str, Table] = {
     for t in [
         Table(
             "table1",
-            "Channel-invariant vs fixed-channel models, ExtendedCHAMMI",
             (
                 Row(
                     "CellDINOv2 (HPA-FOV)",
@@ -309,12 +310,10 @@ TABLES: dict[str, Table] = {
         ),
         Table(
             "table2",
-            "DINO BoC vs Microsnoop on Cyclops",
             (Row("DINO BoC", "P-BoC-L", probes=("cyclops",)),),
         ),
         Table(
             "table3",
-            "Cross-dataset generalisation",
             tuple(
                 Row(f"DINO {model} ({data})", f"P-{tag}-L-{suffix}", probes=ALL_FOUR)
                 for data, suffix in (("HPA-FOV", "HPAFOV"), ("JUMP-CP", "JUMP"))
@@ -323,7 +322,6 @@ TABLES: dict[str, Table] = {
         ),
         Table(
             "table4",
-            "CHAMMI 1-NN, pretrained on CHAMMI train",
             (
                 _chammi("DINO Channel-ViT", "P-CViT-L-CHAMMI", "knn"),
                 _chammi("DINO BoC (Ours)", "P-BoC-L-CHAMMI", "knn"),
@@ -332,7 +330,6 @@ TABLES: dict[str, Table] = {
         ),
         Table(
             "table5",
-            "CHAMMI 1-NN, pretrained on ExtendedCHAMMI",
             (
                 _chammi("DINO Channel-ViT", "P-CViT-L", "knn"),
                 _chammi("DINO BoC (Ours)", "P-BoC-L", "knn"),
@@ -341,7 +338,6 @@ TABLES: dict[str, Table] = {
         ),
         Table(
             "table6",
-            "CHAMMI linear probe, pretrained on ExtendedCHAMMI",
             (
                 _chammi("DINO Channel-ViT", "P-CViT-L", "linear"),
                 _chammi("DINO HA (Ours)", "P-HA-L", "linear"),
@@ -349,10 +345,9 @@ TABLES: dict[str, Table] = {
             ),
             reference=_random_init_reference("linear"),
         ),
-        Table("table7", "ExtendedCHAMMI composition", (), corpus_summary="extended"),
+        Table("table7", (), corpus_summary="extended"),
         Table(
             "table8",
-            "Hierarchical channel sampling ablation (CHAMMI 1-NN)",
             (
                 _chammi("DINO Channel-ViT (no HCS)", "P-CViT-L", "knn"),
                 _chammi("DINO Channel-ViT (HCS)", "P-CViT-HCS-L", "knn"),
@@ -361,7 +356,6 @@ TABLES: dict[str, Table] = {
         ),
         Table(
             "table9",
-            "Leave one source out of ExtendedCHAMMI (DINO BoC, linear probe)",
             (
                 Row("ExtendedCHAMMI", "P-BoC-L", probes=ALL_FOUR),
                 Row("minus WTC", "P-BoC-L-minusWTC", probes=ALL_FOUR),
@@ -372,7 +366,6 @@ TABLES: dict[str, Table] = {
         ),
         Table(
             "table10",
-            "JUMP-CP with 5 and 8 channels",
             (
                 # Channel-ViT has channel embeddings for the 5 channels seen in pretraining only.
                 Row("Channel ViT", "P-CViT-L", probes=("jump_5ch",), na=("JUMP-CP 8 channels",)),
@@ -382,7 +375,6 @@ TABLES: dict[str, Table] = {
         ),
         Table(
             "table11",
-            "Meter-ML aerial imagery",
             (
                 Row(
                     "DINO BoC (NAIP+S1+S2 test, NAIP+S1+S2 pretraining)",
@@ -408,7 +400,6 @@ TABLES: dict[str, Table] = {
         ),
         Table(
             "table12",
-            "Feature-dimension ablation (CHAMMI linear probe)",
             (
                 _chammi("DINO Channel-ViT (D)", "P-CViT-L", "linear"),
                 _chammi("DINO BoC (D)", "P-BoC-L", "linear", "cls1_chmean"),

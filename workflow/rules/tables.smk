@@ -24,7 +24,7 @@ rule render_table:
     params:
         args=table_args,
         note=scale_note(),
-        title=lambda w: registry.table(w.table).title,
+        title=lambda w: load_paper_tables()[w.table]["title"],
         how=lambda w: table_how(w.table),
     shell:
         "channel-ssl render-table --table {wildcards.table} {params.args}"
