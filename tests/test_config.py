@@ -169,3 +169,23 @@ def test_snakemake_reports_unknown_keys_in_a_few_lines(tmp_path):
     assert proc.returncode != 0
     assert "unknown key 'pretrain.lrr': did you mean 'pretrain.lr'?" in out
     assert len(out.splitlines()) < 30  # not the schema (over a thousand lines)
+
+
+def test_a_source_is_declared_once_and_the_schema_follows_the_registry():
+    import importlib
+
+    import yaml
+
+    from channel_ssl.data.demo_sources import DEMOS
+    from channel_ssl.data.sources import READERS
+
+    repo = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((repo / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    raw_enum = schema["properties"]["sources"]["properties"]["raw_dirs"]["propertyNames"]["enum"]
+    assert set(raw_enum) == {s.raw for s in registry.SOURCES.values()}
+    assert READERS == {n: s.reader for n, s in registry.SOURCES.items()}
+    for source in registry.SOURCES.values():
+        assert DEMOS[source.name] == DEMOS[source.raw] == source.demo
+        for target in (source.reader, source.demo):
+            module, _, function = target.partition(":")
+            assert callable(getattr(importlib.import_module(module), function)), target

@@ -34,6 +34,10 @@ class Source:
     raw: str
     description: str
     obtain: str = ""
+    # "module:function" of its reader of the native layout (data/sources.py) and of the
+    # generator of its demo copy in that layout (data/demo_sources.py); imported on use
+    reader: str = ""
+    demo: str = ""
 
 
 @dataclass(frozen=True)
@@ -136,23 +140,93 @@ _KAGGLE = "needs a Kaggle account and the competition's rules accepted; see docs
 SOURCES: dict[str, Source] = {
     s.name: s
     for s in [
-        Source("hpa_fov", "hpa_fov", "HPA field-of-view images", "EBI BioImage Archive S-BIAD2443"),
+        Source(
+            "hpa_fov",
+            "hpa_fov",
+            "HPA field-of-view images",
+            "EBI BioImage Archive S-BIAD2443",
+            reader="channel_ssl.data.hpa:prepare_fov",
+            demo="channel_ssl.data.hpa:make_demo_fov",
+        ),
         Source(
             "hpa_single_cell",
             "hpa_single_cell",
             "HPA single cells",
             "S-BIAD2443 masked single-cell folders and CSVs",
+            reader="channel_ssl.data.hpa:prepare_single_cell",
+            demo="channel_ssl.data.hpa:make_demo_single_cell",
         ),
-        Source("wtc", "wtc", "WTC-11 hiPSC single cells", "allencell quilt package (HTTPS)"),
-        Source("opencell", "opencell", "OpenCell crops", "cytoself Google Drive files"),
-        Source("cellpainting", "cellpainting", "Cell Painting single cells", "cpg0019 (S3, CC0)"),
-        Source("jumpcp", "jumpcp", "JUMP-CP, 8 channels", "insitro-research-2023-context-vit S3"),
-        Source("jumpcp_5ch", "jumpcp", "JUMP-CP, 5 fluorescence channels", "as jumpcp"),
-        Source("cyclops", "cyclops", "Cyclops yeast (2 channels, 16 classes)", _KAGGLE),
-        Source("meterml_naip", "meterml", "Meter-ML, NAIP bands", "Meter-ML project page"),
-        Source("meterml_naip_s2", "meterml", "Meter-ML, NAIP + Sentinel-2 10 m", "as meterml_naip"),
         Source(
-            "meterml_all", "meterml", "Meter-ML, NAIP + Sentinel-2 + Sentinel-1", "as meterml_naip"
+            "wtc",
+            "wtc",
+            "WTC-11 hiPSC single cells",
+            "allencell quilt package (HTTPS)",
+            reader="channel_ssl.data.wtc:prepare",
+            demo="channel_ssl.data.wtc:make_demo",
+        ),
+        Source(
+            "opencell",
+            "opencell",
+            "OpenCell crops",
+            "cytoself Google Drive files",
+            reader="channel_ssl.data.opencell:prepare",
+            demo="channel_ssl.data.opencell:make_demo",
+        ),
+        Source(
+            "cellpainting",
+            "cellpainting",
+            "Cell Painting single cells",
+            "cpg0019 (S3, CC0)",
+            reader="channel_ssl.data.cellpainting:prepare",
+            demo="channel_ssl.data.cellpainting:make_demo",
+        ),
+        Source(
+            "jumpcp",
+            "jumpcp",
+            "JUMP-CP, 8 channels",
+            "insitro-research-2023-context-vit S3",
+            reader="channel_ssl.data.jumpcp:prepare",
+            demo="channel_ssl.data.jumpcp:make_demo",
+        ),
+        Source(
+            "jumpcp_5ch",
+            "jumpcp",
+            "JUMP-CP, 5 fluorescence channels",
+            "as jumpcp",
+            reader="channel_ssl.data.jumpcp:prepare_5ch",
+            demo="channel_ssl.data.jumpcp:make_demo",
+        ),
+        Source(
+            "cyclops",
+            "cyclops",
+            "Cyclops yeast (2 channels, 16 classes)",
+            _KAGGLE,
+            reader="channel_ssl.data.cyclops:prepare",
+            demo="channel_ssl.data.cyclops:make_demo",
+        ),
+        Source(
+            "meterml_naip",
+            "meterml",
+            "Meter-ML, NAIP bands",
+            "Meter-ML project page",
+            reader="channel_ssl.data.meterml:prepare_naip",
+            demo="channel_ssl.data.meterml:make_demo",
+        ),
+        Source(
+            "meterml_naip_s2",
+            "meterml",
+            "Meter-ML, NAIP + Sentinel-2 10 m",
+            "as meterml_naip",
+            reader="channel_ssl.data.meterml:prepare_naip_s2",
+            demo="channel_ssl.data.meterml:make_demo",
+        ),
+        Source(
+            "meterml_all",
+            "meterml",
+            "Meter-ML, NAIP + Sentinel-2 + Sentinel-1",
+            "as meterml_naip",
+            reader="channel_ssl.data.meterml:prepare_all",
+            demo="channel_ssl.data.meterml:make_demo",
         ),
     ]
 }

@@ -3,7 +3,7 @@
 ``channel-ssl make-demo-source --source NAME --out RAW_DIR --seed S [--scale F]
 [--chammi-root ROOT]``
 
-:data:`DEMOS` is a dispatch table ``name -> "module:function"`` (one line per source); the
+:data:`DEMOS` is a dispatch table ``name -> "module:function"`` derived from the registry; the
 function is ``make_demo(raw_dir, seed, scale, **options)`` and writes the source's native file
 layout so that the source's reader (:data:`channel_ssl.data.sources.READERS`) reads the demo
 with the same code as the real data. Everything is a function of the seed.
@@ -21,23 +21,15 @@ import argparse
 import inspect
 import os
 
+from channel_ssl import registry
 from channel_ssl.atomic import write_json
 from channel_ssl.data.sources import resolve
 
-# source name -> "module:function" of its demo generator (one line per source)
+# source (and raw directory) name -> "module:function" of its demo generator, as each source
+# declares it in the registry; sources sharing a raw directory share its generator
 DEMOS: dict[str, str] = {
-    "hpa_fov": "channel_ssl.data.hpa:make_demo_fov",
-    "hpa_single_cell": "channel_ssl.data.hpa:make_demo_single_cell",
-    "wtc": "channel_ssl.data.wtc:make_demo",
-    "opencell": "channel_ssl.data.opencell:make_demo",
-    "cellpainting": "channel_ssl.data.cellpainting:make_demo",
-    "jumpcp": "channel_ssl.data.jumpcp:make_demo",
-    "jumpcp_5ch": "channel_ssl.data.jumpcp:make_demo",
-    "cyclops": "channel_ssl.data.cyclops:make_demo",
-    "meterml_naip": "channel_ssl.data.meterml:make_demo",
-    "meterml_naip_s2": "channel_ssl.data.meterml:make_demo",
-    "meterml_all": "channel_ssl.data.meterml:make_demo",
-    "meterml": "channel_ssl.data.meterml:make_demo",
+    **{src.raw: src.demo for src in registry.SOURCES.values()},
+    **{name: src.demo for name, src in registry.SOURCES.items()},
 }
 MARKER = "DEMO_SOURCE.json"
 

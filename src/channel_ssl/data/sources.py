@@ -7,7 +7,7 @@ source's reader and writes ``DIR/shard-*.npy`` + ``DIR/manifest.parquet``
 
 :data:`READERS` is a dispatch table ``name -> "module:function"``; the module is imported only
 when its source is prepared. A reader is ``function(raw_dir, out_dir, image_size, shard_size)
--> manifest DataFrame``. Adding a source is one line in :data:`READERS`. Readers share
+-> manifest DataFrame``. A source declares its reader in ``registry.SOURCES`` (one place). Readers share
 :func:`write_source`, which makes every channel square and ``image_size`` wide exactly as
 CHAMMI preprocessing does (:func:`channel_ssl.data.preprocess.square_resize`).
 """
@@ -25,25 +25,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from channel_ssl import registry
 from channel_ssl.atomic import write_json
 from channel_ssl.errors import UserError
 
 log = logging.getLogger("channel_ssl.sources")
 
 # source name -> "module:function" of its reader (one line per source)
-READERS: dict[str, str] = {
-    "hpa_fov": "channel_ssl.data.hpa:prepare_fov",
-    "hpa_single_cell": "channel_ssl.data.hpa:prepare_single_cell",
-    "wtc": "channel_ssl.data.wtc:prepare",
-    "opencell": "channel_ssl.data.opencell:prepare",
-    "cellpainting": "channel_ssl.data.cellpainting:prepare",
-    "jumpcp": "channel_ssl.data.jumpcp:prepare",
-    "jumpcp_5ch": "channel_ssl.data.jumpcp:prepare_5ch",
-    "cyclops": "channel_ssl.data.cyclops:prepare",
-    "meterml_naip": "channel_ssl.data.meterml:prepare_naip",
-    "meterml_naip_s2": "channel_ssl.data.meterml:prepare_naip_s2",
-    "meterml_all": "channel_ssl.data.meterml:prepare_all",
-}
+# source name -> "module:function" of its reader, as each source declares it in the registry
+READERS: dict[str, str] = {name: src.reader for name, src in registry.SOURCES.items()}
 
 
 def resolve(table: dict[str, str], name: str, what: str) -> Callable:
