@@ -171,7 +171,7 @@ def test_reliability_doc_names_tests_that_exist():
 
 
 def test_garbage_feature_file_is_named_by_the_evaluation_and_the_figures(tmp_path):
-    from channel_ssl.eval.knn_eval import load_features
+    from channel_ssl.eval.eval_chammi import load_features
     from channel_ssl.figures import load_features as load_figure_features
 
     bad = tmp_path / "feats" / "Allen" / "cls1.npy"

@@ -21,7 +21,7 @@ from channel_ssl.eval.linear_probe import (
 from channel_ssl.eval.metrics import multilabel_macro_f1
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_knn_eval import _chammi_like  # noqa: E402
+from test_eval_chammi import _chammi_like  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "assemble-corpus": ("channel_ssl.data.corpus", "assemble a pretraining corpus from manifests"),
     "pretrain": ("channel_ssl.train.pretrain", "self-supervised pretraining of one run"),
     "extract": ("channel_ssl.eval.extract", "extract embeddings of a dataset with a checkpoint"),
-    "eval-chammi": ("channel_ssl.eval.knn_eval", "CHAMMI 1-NN evaluation (drop-in for MorphEm)"),
+    "eval-chammi": ("channel_ssl.eval.eval_chammi", "CHAMMI 1-NN evaluation (drop-in for MorphEm)"),
     "linear-probe": ("channel_ssl.eval.linear_probe", "linear-probe sweep on extracted features"),
     "evaluate-run": (
         "channel_ssl.eval.evaluate_run",

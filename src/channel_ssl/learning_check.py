@@ -112,8 +112,8 @@ def score(backbone, family: str, data: dict, datasets, config: dict) -> dict[str
     """CHAMMI 1-NN (macro-F1 x 100) of ``backbone``: per task, per dataset OOD mean, Mean
     (over ``datasets``)."""
     from channel_ssl.data.shards import ShardStore, load_manifest
+    from channel_ssl.eval.eval_chammi import chammi_summary, evaluate_chammi
     from channel_ssl.eval.extract import extract_features
-    from channel_ssl.eval.knn_eval import chammi_summary, evaluate_chammi
 
     features = {}
     for dataset in datasets:

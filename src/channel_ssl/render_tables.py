@@ -195,7 +195,7 @@ def reproduced_values(kind: str, score_file: str | os.PathLike) -> dict[str, flo
         if scores.empty:
             raise UserError(f"score file {path} has no rows of source {source!r}")
     if kind == "chammi":
-        from channel_ssl.eval.knn_eval import chammi_summary
+        from channel_ssl.eval.eval_chammi import chammi_summary
 
         try:
             return chammi_summary(scores)

@@ -46,7 +46,7 @@ rule extract_chammi:
         " --threads {threads} --log {log}"
 
 
-rule eval_knn:
+rule eval_chammi:
     input:
         unpack(chammi_features),
         meta=expand(

@@ -15,7 +15,7 @@ only then is the test set predicted.
   test set, so selection and test use one F1 definition); prediction = logit > 0.
 
 CHAMMI (command ``linear-probe``): same inputs as ``eval-chammi`` and the same tasks, folds and
-metrics as the 1-NN protocol (``knn_eval``); for the leave-one-group-out tasks (HPA Task_three,
+metrics as the 1-NN protocol (``eval_chammi``); for the leave-one-group-out tasks (HPA Task_three,
 CP Task_four) a probe is trained per group on Train + the other groups' task rows, because these
 labels never occur in Train. Output columns: ``dataset, task, classifier, accuracy,
 f1_score_macro, lr, val_f1`` (``lr``/``val_f1`` of the chosen classifier; for leave-one-group-out
@@ -38,7 +38,7 @@ from sklearn.model_selection import train_test_split
 
 from channel_ssl.atomic import write_table
 from channel_ssl.errors import UserError
-from channel_ssl.eval.knn_eval import (
+from channel_ssl.eval.eval_chammi import (
     DATASETS,
     METADATA_NAME,
     SCORE_COLUMNS,

@@ -10,7 +10,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from channel_ssl.cli import main as cli_main
 from channel_ssl.errors import UserError
-from channel_ssl.eval.knn_eval import chammi_summary, evaluate_chammi
+from channel_ssl.eval.eval_chammi import chammi_summary, evaluate_chammi
 
 TASK_NAMES = ["Task_one", "Task_two", "Task_three", "Task_four"]
 
@@ -245,7 +245,7 @@ def test_scores_invariant_to_feature_scale(tmp_path, scale):
 
 
 def test_l2_normalise_rejects_non_finite_rows_by_index():
-    from channel_ssl.eval.knn_eval import _l2_normalise
+    from channel_ssl.eval.eval_chammi import _l2_normalise
 
     x = np.ones((3, 4), dtype=np.float32)
     x[2, 1] = np.inf
@@ -260,7 +260,7 @@ def test_l2_normalise_rejects_non_finite_rows_by_index():
 def test_chammi_summary_of_one_dataset():
     import pandas as pd
 
-    from channel_ssl.eval.knn_eval import chammi_summary
+    from channel_ssl.eval.eval_chammi import chammi_summary
 
     rows = [("HPA", "Task_one", 0.5), ("HPA", "Task_two", 0.4), ("HPA", "Task_three", 0.6)]
     scores = pd.DataFrame(rows, columns=["dataset", "task", "f1_score_macro"])
@@ -273,7 +273,7 @@ def test_chammi_summary_of_one_dataset():
 def test_l2_normalise_bit_identical_on_ordinary_rows_and_safe_on_extreme_ones():
     """Ordinary rows: exactly the reference's x / ||x||. Rows x1e37 (squares overflow float32)
     or denormal (~1e-40, squares underflow) in the same matrix: unit rows, same directions."""
-    from channel_ssl.eval.knn_eval import _l2_normalise
+    from channel_ssl.eval.eval_chammi import _l2_normalise
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6, 16)).astype(np.float32)
