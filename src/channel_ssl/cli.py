@@ -65,6 +65,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "set aside outputs changed after they were made (and what used them) to re-make them",
     ),
     "render-figure": ("channel_ssl.figures", "render a paper figure (UMAP)"),
+    "import-images": (
+        "channel_ssl.own_data.import_images",
+        "turn a folder of multichannel images + a CSV table into shards + manifest",
+    ),
+    "evaluate-features": (
+        "channel_ssl.own_data.evaluate_features",
+        "features of an imported dataset, scored by k-NN and linear probe against two references",
+    ),
     "plan": (
         "channel_ssl.plan",
         "per pretraining run: nodes, GPUs, iterations, GPU-hours, checkpoint disk, and totals",

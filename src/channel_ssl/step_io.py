@@ -168,6 +168,37 @@ def render_figure(args) -> StepIO:
     return StepIO(inputs=inputs, outputs=[str(out)], members=[str(out.with_suffix(".csv"))])
 
 
+def import_images(args) -> StepIO:
+    from dataclasses import asdict
+
+    from channel_ssl.own_data.import_images import options_from_args
+
+    # Inputs: the table and every image file the manifest was made from.
+    manifest = os.path.join(args.out, "manifest.parquet")
+    images = []
+    if os.path.exists(manifest):
+        for image_id in pd.read_parquet(manifest, columns=["image_id"])["image_id"]:
+            images.extend(os.path.join(args.images, p) for p in image_id.split("|"))
+    members = _shards_of(manifest)
+    members += [
+        os.path.join(args.out, name)
+        for name in ("dataset.json", "skipped.csv")
+        if os.path.exists(os.path.join(args.out, name))
+    ]
+    return StepIO(
+        inputs=[args.table, *images],
+        outputs=[manifest],
+        members=members,
+        config=asdict(options_from_args(args)),
+    )
+
+
+def evaluate_features(args) -> StepIO:
+    from channel_ssl.own_data.evaluate_features import output_files
+
+    return StepIO(**output_files(args))
+
+
 STEP_IO: dict[str, Callable[..., StepIO]] = {
     "make-demo-chammi": make_demo_chammi,
     "download-chammi": download_chammi,
@@ -184,4 +215,6 @@ STEP_IO: dict[str, Callable[..., StepIO]] = {
     "prepare-source": prepare_source,
     "probe-dataset": probe_dataset,
     "render-figure": render_figure,
+    "import-images": import_images,
+    "evaluate-features": evaluate_features,
 }
