@@ -55,7 +55,7 @@ def test_one_table_builds_only_what_it_needs(tmp_path):
 
 def test_paper_dag_without_data(tmp_path):
     out = snakemake(
-        "-n", "--configfile", "config/paper.yaml", "--config", f"results_dir={tmp_path}/p"
+        "-np", "--configfile", "config/paper.yaml", "--config", f"results_dir={tmp_path}/p"
     ).stdout
     counts = job_counts(out)
     assert counts["pretrain"] == 24
@@ -82,6 +82,19 @@ def test_paper_dag_without_data(tmp_path):
     # every pretraining run of docs/paper.md section 1 appears once
     runs = re.findall(r"rule pretrain:\n(?:    .*\n)*?    wildcards: run=(P-[A-Za-z0-9-]+)\n", out)
     assert len(runs) == len(set(runs)) == 24
+    # the non-CHAMMI probes follow the paper's protocol (appendix D.2), per source
+    import json
+
+    plans = [json.loads(m) for m in re.findall(r"--plan '(\[.*?\])'", out)]
+    protocols = {
+        Path(item["manifest"]).parent.name: item["protocol"] for plan in plans for item in plan
+    }
+    assert protocols["hpa_fov"] == {
+        "iterations": 4350, "batch_size": 256, "crop_size": 384, "normalisation": "self"
+    }  # fmt: skip
+    assert protocols["jumpcp_5ch"]["normalisation"] == "bao_jumpcp"
+    assert protocols["jumpcp_5ch"]["batch_size"] == 1024 and protocols["wtc"]["crop_size"] == 224
+    assert "Made with linear probes by the paper's protocol" in out
     extract_blocks = [b for b in out.split("\n\n") if "rule extract_chammi:" in b]
     assert extract_blocks and all("gpu=1" in b for b in extract_blocks)
 

@@ -98,6 +98,7 @@ class RunPlan:
     runtime_minutes: int
     checkpoint_gb: float
     disk_gb: float
+    probe_gpu_hours: float = 0.0
 
 
 def _crop_tokens(family: str, crop: int, patch: int, channels: float) -> float:
@@ -208,6 +209,41 @@ def _sizing(name: str, config_json: str) -> Sizing:
     return Sizing(iterations, cfg.batch_size, gpu_hours, nodes, gpus, wall, runtime)
 
 
+def probe_gpu_hours(name: str, config: dict) -> float:
+    """GPU-hours of run ``name``'s probes under the augmented protocol (0 under the features
+    protocol): per task, iterations x batch frozen forwards at the source's crop (no backward
+    through the backbone; the linear heads are negligible)."""
+    probe = config["linear_probe"]
+    if probe["protocol"] != "augmented":
+        return 0.0
+    from channel_ssl.models.vit import get_arch
+    from channel_ssl.train.run_config import load_run_config
+
+    cfg = load_run_config(registry.run_config(name, config))
+    arch = get_arch(cfg.model.arch)
+    patch = cfg.model.patch_size or arch.patch_size
+    aug = probe["augmented"]
+    flops = 0.0
+    for source, tasks in registry.probe_plan(name):
+        crop = aug["crop_size"].get(source, aug["default_crop_size"])
+        batch = aug["batch_size"].get(source, aug["default_batch_size"])
+        channels = source_channels(source)
+        if cfg.model.family in ("boc",):
+            tokens, passes = _crop_tokens("boc", crop, patch, 1.0), channels
+        else:
+            tokens, passes = _crop_tokens(cfg.model.family, crop, patch, channels), 1.0
+        per_image = passes * vit_forward_flops(arch.depth, arch.embed_dim, tokens, arch.mlp_ratio)
+        flops += len(tasks) * aug["iterations"] * batch * per_image
+    return flops / (float(config.get("plan", {}).get("sustained_tflops", 125.0)) * 1e12 * 3600)
+
+
+def probe_runtime_minutes(name: str, config: dict) -> int:
+    """Runtime of run ``name``'s evaluate-run job: the configured one, or the augmented
+    probes' estimate plus 50 % (one GPU) when that is longer."""
+    base = int(config["resources"]["extract"]["runtime"])
+    return max(base, math.ceil(probe_gpu_hours(name, config) * 60 * 1.5))
+
+
 def sizing(name: str, config: dict) -> Sizing:
     """Nodes, GPUs, runtime and the estimate behind them, for pretraining run ``name``."""
     import json
@@ -241,6 +277,7 @@ def plan_run(name: str, config: dict) -> RunPlan:
         runtime_minutes=size.runtime_minutes,
         checkpoint_gb=one / BYTES_PER_GB,
         disk_gb=kept * one / BYTES_PER_GB,
+        probe_gpu_hours=probe_gpu_hours(name, config),
     )
 
 
@@ -281,6 +318,7 @@ def render(plans: list[RunPlan], config: dict) -> str:
         ("job runtime (min)", "runtime_minutes", "{:,}"),
         ("checkpoint (GB)", "checkpoint_gb", "{:,.2f}"),
         ("kept on disk (GB)", "disk_gb", "{:,.1f}"),
+        ("probe GPU-hours", "probe_gpu_hours", "{:,.0f}"),
     ]
     lines = [
         "| " + " | ".join(c[0] for c in cols) + " |",
@@ -290,13 +328,15 @@ def render(plans: list[RunPlan], config: dict) -> str:
         row = asdict(p)
         lines.append("| " + " | ".join(fmt.format(row[key]) for _, key, fmt in cols) + " |")
     total_gpu_h = sum(p.gpu_hours for p in plans)
+    total_probe_h = sum(p.probe_gpu_hours for p in plans)
     total_disk = sum(p.disk_gb for p in plans)
     tflops = float(config.get("plan", {}).get("sustained_tflops", 125.0))
     lines += [
         "",
         f"Totals: {len(plans)} runs, {sum(p.iterations for p in plans):,} iterations, "
         f"{total_gpu_h:,.0f} GPU-hours (estimated at {tflops:g} TFLOP/s sustained per GPU), "
-        f"{total_disk:,.1f} GB of checkpoints kept.",
+        f"{total_disk:,.1f} GB of checkpoints kept; probes "
+        f"({config['linear_probe']['protocol']} protocol) {total_probe_h:,.0f} GPU-hours.",
     ]
     cvit = next((p for p in plans if p.run == "P-CViT-L"), None)
     if cvit is not None:

@@ -8,7 +8,7 @@ from channel_ssl import registry
 from channel_ssl.audit import changed_outputs
 from channel_ssl.environment import put_interpreter_on_path
 from channel_ssl.config import check_unknown_keys
-from channel_ssl.plan import sizing
+from channel_ssl.plan import probe_runtime_minutes, sizing
 from channel_ssl.render_tables import load_paper_tables
 
 # one line per unknown key, before validate would print the whole schema
@@ -182,18 +182,34 @@ def probe_manifests(wildcards):
     return [manifest_path(src) for src, _ in registry.probe_plan(wildcards.run)]
 
 
+def probe_protocol(source):
+    """The augmented protocol's settings for ``source``; None under the features protocol."""
+    probe = config["linear_probe"]
+    if probe["protocol"] != "augmented":
+        return None
+    aug = probe["augmented"]
+    return {
+        "iterations": aug["iterations"],
+        "batch_size": aug["batch_size"].get(source, aug["default_batch_size"]),
+        "crop_size": aug["crop_size"].get(source, aug["default_crop_size"]),
+        "normalisation": aug["normalisation"].get(source, "self"),
+    }
+
+
 def probe_plan_json(wildcards):
-    """The evaluate-run plan: each source's manifest, feature file and probes."""
-    plan = [
-        {
+    """The evaluate-run plan: each source's manifest, feature file, probes and protocol."""
+    plan = []
+    for src, probes in registry.probe_plan(wildcards.run):
+        item = {
             "manifest": manifest_path(src),
             "features": res(
                 f"features/{wildcards.run}/{src}/{registry.PROBE_RECIPE}.npy"
             ),
             "probes": probes,
         }
-        for src, probes in registry.probe_plan(wildcards.run)
-    ]
+        if probe_protocol(src) is not None:
+            item["protocol"] = probe_protocol(src)
+        plan.append(item)
     return json.dumps(plan)
 
 
@@ -266,6 +282,28 @@ def table_how(name):
             how = f"{proto} on {row.recipe} features"
         parts.append(f"{row.label}: run {row.run}, {how}")
     return "Rows: " + "; ".join(parts) + "."
+
+
+PROBE_PROTOCOLS = {
+    "features": "linear probes on features extracted once (centre crop, self-normalisation)",
+    "augmented": (
+        "linear probes by the paper's protocol: random crops and flips through the frozen "
+        "backbone, per-dataset crop, batch and normalisation"
+    ),
+}
+
+
+def table_note(name):
+    """The table's header note: the scale, and which probe protocol made its numbers."""
+    rows = registry.table(name).all_rows
+    protocols = []
+    if any(r.protocol == "probe" for r in rows):
+        protocols.append(PROBE_PROTOCOLS[config["linear_probe"]["protocol"]])
+    if any(r.protocol == "linear" for r in rows):
+        protocols.append("CHAMMI linear probe on features extracted once")
+    if not protocols:
+        return scale_note()
+    return scale_note() + " Made with " + "; ".join(protocols) + "."
 
 
 def scale_note():

@@ -128,7 +128,8 @@ rule evaluate_run:
     resources:
         gpu=config["resources"]["extract"]["gpus_per_node"],
         mem_mb=config["resources"]["extract"]["mem_mb"],
-        runtime=config["resources"]["extract"]["runtime"],
+        # the paper's augmented probes run the backbone at every step: sized by the plan
+        runtime=lambda w: probe_runtime_minutes(w.run, config),
         cpus_per_task=config["resources"]["extract"]["threads"],
     params:
         plan=probe_plan_json,

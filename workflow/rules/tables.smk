@@ -23,7 +23,7 @@ rule render_table:
         "../../envs/evaluate.yaml"
     params:
         args=table_args,
-        note=scale_note(),
+        note=lambda w: table_note(w.table),
         title=lambda w: load_paper_tables()[w.table]["title"],
         how=lambda w: table_how(w.table),
     shell:

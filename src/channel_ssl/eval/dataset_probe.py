@@ -46,6 +46,7 @@ with the paper's table 2 names (``Budtip 1.5 %``, ``Cell periphery 1.9%``, ``Bud
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -169,6 +170,7 @@ class TaskData:
     y: np.ndarray
     split: np.ndarray
     classes: tuple[str, ...]
+    positions: np.ndarray | None = None  # (n,) manifest positions (the augmented protocol)
 
 
 def load_features(features_path: str, manifest: pd.DataFrame, manifest_path: str) -> np.ndarray:
@@ -219,14 +221,14 @@ def task_data(task: Task, manifest: pd.DataFrame, x: np.ndarray, manifest_path: 
                 if k is not None:  # names outside the vocabulary (e.g. HPA 'vesicles') are ignored
                     y[i, k] = 1
         keep = y.any(axis=1) if task.drop_empty else np.ones(len(y), bool)
-        data = TaskData(x[keep], y[keep], split[keep], tuple(vocabulary))
+        data = TaskData(x[keep], y[keep], split[keep], tuple(vocabulary), np.flatnonzero(keep))
     else:
         names = np.array(["" if t is None else str(t) for t in targets], dtype=object)
         keep = names != ""
         classes = tuple(sorted(set(names[keep])))
         class_id = {name: k for k, name in enumerate(classes)}
         ids = np.array([class_id[n] for n in names[keep]], dtype=np.int64)
-        data = TaskData(x[keep], ids, split[keep], classes)
+        data = TaskData(x[keep], ids, split[keep], classes, np.flatnonzero(keep))
     dropped = int((~keep).sum())
     if dropped:
         log.info("%s: %d row(s) without a label dropped", task.name, dropped)
@@ -268,7 +270,10 @@ def _fit_by_map(
     data: TaskData, train, val, test, config: ProbeConfig
 ) -> tuple[np.ndarray, float, float]:
     """Probes chosen by validation mAP; returns (test logits (n_test, C), lr, val mAP)."""
-    probes = train_probes(data.x[train], data.y[train], data.y.shape[1], config, multilabel=True)
+    probes = train_probes(
+        data.x[train], data.y[train], data.y.shape[1], config, multilabel=True,
+        positions=None if data.positions is None else data.positions[train],
+    )  # fmt: skip
     val_logits = probes.logits(data.x[val]).numpy()
     val_scores = np.array([mean_average_precision(data.y[val], logits) for logits in val_logits])
     best = int(np.argmax(val_scores))
@@ -308,6 +313,7 @@ def score_task(
         result = fit_linear_probe(
             data.x[train], data.y[train], data.x[val], data.y[val], data.x[test], config,
             n_classes=len(data.classes), multilabel=task.multilabel,
+            positions_train=None if data.positions is None else data.positions[train],
         )  # fmt: skip
         lr, val_score, pred = result.lr, result.val_score, result.test_prediction
         if task.metric == "multilabel_f1":
@@ -356,8 +362,10 @@ def probe_dataset(
     config: ProbeConfig,
     channels: int | None = None,
     columns_map: dict | None = None,
+    trainer=None,
 ) -> pd.DataFrame:
-    """Run one task end to end on files; returns the output table (not written)."""
+    """Run one task end to end on files; returns the output table (not written). ``trainer``:
+    the augmented protocol's (``eval/augmented_probe.py``), None for the features protocol."""
     task = TASKS.get(task_name)
     if task is None:
         raise UserError(f"unknown task {task_name!r}; known: {sorted(TASKS)}")
@@ -371,6 +379,8 @@ def probe_dataset(
             )
     x = load_features(features_path, manifest, manifest_path)
     data = task_data(task, manifest, x, manifest_path)
+    if trainer is not None:
+        config = dataclasses.replace(config, trainer=trainer)
     return score_task(task, data, config, column, manifest_path, columns_map)
 
 

@@ -8,9 +8,14 @@ step, and the run's score file the record of a ``probe-dataset`` step whose inpu
 those feature files.
 
 The plan is JSON (``--plan``): a list of sources, each
-``{"manifest": path, "features": path, "probes": [[task, [column, ...]], ...]}``. A task
-that fills several table columns with one measurement (JUMP-CP accuracy in tables 1 and 10)
-is trained once and its value written under each name.
+``{"manifest": path, "features": path, "probes": [[task, [column, ...]], ...]}``, optionally
+with ``"protocol": {"iterations", "batch_size", "crop_size", "normalisation"}``: the paper's
+augmented probe protocol for that source (``eval/augmented_probe.py``): its features are
+extracted at that centre crop and normalisation, and the probes train on augmented images
+through the frozen backbone. Without it, the features protocol (``--crop-size``,
+self-normalisation, probes on the extracted features). A task that fills several table
+columns with one measurement (JUMP-CP accuracy in tables 1 and 10) is trained once and its
+value written under each name.
 
 Output: one CSV with the ``column,value`` rows of every task (plus ``metric``, ``lr``,
 ``val_score``, ``task``, ``source``), the format ``render-table`` reads.
@@ -26,11 +31,20 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 from channel_ssl.atomic import save_npy, write_table
 from channel_ssl.data.shards import ShardStore, load_manifest
 from channel_ssl.errors import UserError
+from channel_ssl.eval.augmented_probe import (
+    AugmentedTrainer,
+    ProtocolSettings,
+    centre_crop,
+    channel_names,
+    normalise,
+)
 from channel_ssl.eval.dataset_probe import probe_dataset
 from channel_ssl.eval.extract import extract_features, resolve_device
 from channel_ssl.eval.features import check_recipes
@@ -54,9 +68,31 @@ def load_plan(text: str) -> list[dict]:
         missing = [k for k in ("manifest", "features", "probes") if k not in item]
         if missing:
             raise UserError(f"--plan entry {i} lacks key(s) {missing}")
+        if "protocol" in item:
+            try:
+                item["protocol"] = ProtocolSettings(**item["protocol"])
+            except TypeError as exc:
+                raise UserError(
+                    f"--plan entry {i}: bad protocol {item['protocol']} ({exc})"
+                ) from exc
         if not item["probes"]:
             raise UserError(f"--plan entry {i} ({item['manifest']}) has no probes")
     return plan
+
+
+def _features_of(backbone, family, recipe, device):
+    """Recipe features of a prepared batch (the augmented protocol's frozen forward)."""
+    from channel_ssl.eval.features import canonical_family, make_all_features, n_last_blocks_needed
+
+    family = canonical_family(family)
+    n_blocks = n_last_blocks_needed([recipe])
+    backbone = backbone.to(device).eval()
+
+    def features(x):
+        emb = backbone.embed(x, n_last_blocks=n_blocks)
+        return make_all_features(emb, [recipe], family)[recipe]
+
+    return features
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,10 +118,25 @@ def run(args: argparse.Namespace) -> int:
     # 1. extraction, one "extract" step per source
     backbone, run_config = load_backbone(args.checkpoint, which="teacher")
     family = run_config["model"]["family"]
-    for item in plan:
+    trainers = {}
+    for i, item in enumerate(plan):
         start = now()
         manifest = load_manifest(item["manifest"])
         store = ShardStore(Path(item["manifest"]).parent)
+        protocol = item.get("protocol")
+        prepare = None
+        crop_size = args.crop_size
+        if protocol is not None:
+            crop_size = protocol.crop_size
+            names = channel_names(manifest)
+
+            def prepare(images, crop=crop_size, kind=protocol.normalisation, names=names):
+                x = torch.from_numpy(np.ascontiguousarray(images)).float()
+                return normalise(centre_crop(x, crop), kind, names)
+
+            trainers[i] = AugmentedTrainer(
+                _features_of(backbone, family, recipe, device), manifest, store, protocol, device
+            )
         feats = extract_features(
             backbone,
             family,
@@ -93,11 +144,12 @@ def run(args: argparse.Namespace) -> int:
             store,
             len(manifest),
             [recipe],
-            args.crop_size,
+            crop_size,
             args.batch_size,
             device,
             str(item["manifest"]),
             None,
+            prepare=prepare,
         )
         save_npy(item["features"], feats[recipe])
         log.info("wrote %s %s", item["features"], feats[recipe].shape)
@@ -106,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
             manifest=item["manifest"],
             out_dir=os.path.dirname(item["features"]),
             recipes=recipe,
-            crop_size=args.crop_size,
+            crop_size=crop_size,
+            protocol=None if protocol is None else asdict(protocol),
             batch_size=args.batch_size,
             which="teacher",
         )
@@ -121,11 +174,17 @@ def run(args: argparse.Namespace) -> int:
     # 2. the probes: one "probe-dataset" step reading those feature files
     start = now()
     tables = []
-    for item in plan:
+    for i, item in enumerate(plan):
         for task, columns in item["probes"]:
             scores = probe_dataset(
-                item["features"], item["manifest"], task, columns[0] if columns else "", config
+                item["features"],
+                item["manifest"],
+                task,
+                columns[0] if columns else "",
+                config,
+                trainer=trainers.get(i),
             )
+            scores["protocol"] = "augmented" if i in trainers else "features"
             scores.insert(0, "task", task)
             scores.insert(1, "source", os.path.basename(os.path.dirname(item["manifest"])))
             aliases = [scores.assign(column=alias) for alias in columns[1:]]
@@ -139,8 +198,12 @@ def run(args: argparse.Namespace) -> int:
                 ),
             )
     write_table(args.scores_out, pd.concat(tables, ignore_index=True))
-    probe_settings = {k: v for k, v in asdict(config).items() if k != "device"}
-    params = argparse.Namespace(plan=plan, **probe_settings)
+    probe_settings = {k: v for k, v in asdict(config).items() if k not in ("device", "trainer")}
+    plan_record = [
+        {**item, "protocol": asdict(item["protocol"])} if "protocol" in item else item
+        for item in plan
+    ]
+    params = argparse.Namespace(plan=plan_record, **probe_settings)
     inputs = [i["features"] for i in plan] + [i["manifest"] for i in plan]
     write_records(
         "probe-dataset", argv, params, StepIO(inputs=inputs, outputs=[args.scores_out]), start

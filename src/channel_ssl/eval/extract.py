@@ -154,12 +154,14 @@ def extract_features(
     device: torch.device | str = "cpu",
     manifest_path: str = "<manifest>",
     channels: list[int] | None = None,
+    prepare=None,
 ) -> dict[str, np.ndarray]:
     """Features of every manifest image: recipe -> float32 ``(n_rows, F)`` ordered by manifest row.
 
     ``channels``: channel positions to keep, in order (None = all). Channel-ViT backbones get
     them as ``channel_ids`` (each kept channel keeps its own embedding); other families see
-    fewer channels.
+    fewer channels. ``prepare`` replaces :func:`prepare_batch` (uint8 batch -> backbone input;
+    the augmented probe protocol's centre crop and normalisation).
     """
     family = canonical_family(family)
     recipes = check_recipes(recipes)
@@ -172,7 +174,7 @@ def extract_features(
     with torch.no_grad():
         for step, (rows, images) in enumerate(iter_batches(manifest, store, batch_size)):
             images = select_channels(images, channels, manifest_path)
-            x = prepare_batch(images, crop_size).to(device)
+            x = (prepare or (lambda im: prepare_batch(im, crop_size)))(images).to(device)
             if family == "cvit" and channels is not None:
                 ids = torch.tensor(channels, dtype=torch.long, device=device)
                 emb = backbone.embed(

@@ -71,6 +71,9 @@ class ProbeConfig:
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "cpu"
+    # the augmented protocol (eval/augmented_probe.py): trains on images through the frozen
+    # backbone instead of on the precomputed features; None = the features protocol
+    trainer: object | None = None
 
     def learning_rates(self) -> np.ndarray:
         """(n_classifiers,) learning rates, log-spaced over [lr_min, lr_max]."""
@@ -143,13 +146,18 @@ def train_probes(
     n_classes: int,
     config: ProbeConfig,
     multilabel: bool = False,
+    positions: np.ndarray | None = None,
 ) -> TrainedProbes:
     """Train ``config.n_classifiers`` linear classifiers together on the same mini-batches.
 
     Args:
         x_train: (n, F) features. y_train: (n,) int class ids in [0, n_classes) or, multi-label,
             (n, n_classes) 0/1 targets.
+        positions: (n,) manifest positions of the training rows; the augmented protocol
+            (``config.trainer``) reads their images.
     """
+    if config.trainer is not None:
+        return config.trainer.train(x_train, positions, y_train, n_classes, config, multilabel)
     device = resolve_device(config.device)
     x = torch.as_tensor(np.asarray(x_train, np.float32))
     if not torch.isfinite(x).all():
@@ -244,6 +252,7 @@ def fit_linear_probe(
     config: ProbeConfig,
     n_classes: int | None = None,
     multilabel: bool = False,
+    positions_train: np.ndarray | None = None,
 ) -> ProbeResult:
     """Generic probe: train the sweep on (x_train, y_train), choose on (x_val, y_val), predict x_test.
 
@@ -257,7 +266,9 @@ def fit_linear_probe(
             if multilabel
             else int(max(np.max(y_train), np.max(y_val)) + 1)
         )
-    probes = train_probes(x_train, y_train, n_classes, config, multilabel=multilabel)
+    probes = train_probes(
+        x_train, y_train, n_classes, config, multilabel=multilabel, positions=positions_train
+    )
     val_scores, best = select_on_validation(probes, x_val, y_val)
     log.info(
         "val scores per lr: %s; chosen lr=%.3g", np.round(val_scores, 4).tolist(), probes.lrs[best]
