@@ -212,6 +212,7 @@ def test_workflow_checkpoint_reference_is_its_random_init(demo, tmp_path):
         in text
     )
     assert "UMAP skipped" in text
+    assert "the linear probe makes only 10 optimiser steps" in text
     assert not (out / "umap.png").exists()
     report = (out / "report.md").read_text()
     assert "WARNING: crop size 16 px differs" in report and "UMAP skipped" in report

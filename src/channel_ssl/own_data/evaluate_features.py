@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,7 @@ REFERENCE_INTENSITY = "reference: intensity statistics"
 SCORE_COLUMNS = ["model", "protocol", "k", "label", "metric", "value"]
 METRICS = ("macro_f1", "accuracy")
 MIN_UMAP_IMAGES = 15
+MIN_PROBE_STEPS = 100  # fewer: a WARNING suggests more epochs / smaller batches
 FEATURE_FILES = {
     "model": "features.npy",
     REFERENCE_RANDOM: "random_init_features.npy",
@@ -355,6 +357,16 @@ def score_all(
             )
         folds: Folds = knn_folds(labelled, dataset.split, dataset.groups, leave_group_out)
         rows = probe_rows(labelled, dataset.split, encoded, config)
+        n_train = len(rows[0])
+        steps = config.epochs * math.ceil(n_train / min(config.batch_size, n_train))
+        if steps < MIN_PROBE_STEPS:
+            _warn(
+                results,
+                f"label {column}: the linear probe makes only {steps} optimiser steps "
+                f"({config.epochs} epochs of {n_train} train images in batches of "
+                f"{config.batch_size}); on a dataset this small, more (e.g. --epochs 100 "
+                "--probe-batch-size 64) usually scores higher",
+            )
         for name, x in features.items():
             z_score = name == REFERENCE_INTENSITY
             log.info("%s, label %s: k-NN (%s) and linear probe", name, column, folds.protocol)
@@ -474,7 +486,9 @@ def render_report(
         "images' mean and std first.",
         "- **linear probe**: "
         f"{settings['n_classifiers']} linear (softmax) classifiers with log-spaced learning "
-        "rates, on the features standardised with the train split's statistics, trained together on the train split; the one with the best macro-F1 on the "
+        "rates, on the features standardised with the train split's statistics, trained "
+        f"together on the train split ({settings['epochs']} epochs, batches of "
+        f"{settings['probe_batch_size']}); the one with the best macro-F1 on the "
         "**val** split is kept and scores the test split once (test labels never choose "
         "anything).",
         "- **macro-F1**: the F1 score of every label present in the scored truth, averaged with "
@@ -638,6 +652,8 @@ def evaluate_features(args: argparse.Namespace) -> pd.DataFrame:
         "crop_size": crop_size,
         "normalisation": args.normalisation,
         "n_classifiers": config.n_classifiers,
+        "epochs": config.epochs,
+        "probe_batch_size": config.batch_size,
         "arch": args.arch,
     }
     report = render_report(scores, results, dataset, model, args.checkpoint, settings, umap_file)
