@@ -446,6 +446,14 @@ def test_split_column_and_random_needs_family(tmp_path, capsys):
         + ["--out", str(tmp_path / "ev")]
     )
     assert rc == 2 and "needs --family and --arch" in capsys.readouterr().err
+    rc = cli_main(
+        ["evaluate-features", "--dataset", str(tmp_path / "ds"), "--checkpoint", "random"]
+        + ["--family", "boc", "--arch", "micro", "--crop-size", "12", "--out", str(tmp_path / "ev")]
+    )
+    assert rc == 2 and "crop size 12 is not a multiple of micro's patch size 8" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "ev").exists()
 
 
 # ------------------------------------------------------------------------- components

@@ -228,6 +228,12 @@ def load_model(
             raise UserError(f"--family {family!r}; known: {', '.join(FAMILIES)}")
         if arch not in ARCHS:
             raise UserError(f"--arch {arch!r}; known: {', '.join(ARCHS)}")
+        patch = ARCHS[arch].patch_size
+        if crop_size % patch:
+            raise UserError(
+                f"crop size {crop_size} is not a multiple of {arch}'s patch size {patch}; give "
+                f"--crop-size {max(patch, crop_size // patch * patch)}"
+            )
         run_config = random_run_config(family, arch, seed, crop_size, n_channels)
         return Model(run_config["run"], random_init_backbone(run_config), family, run_config, True)
     if family or arch:

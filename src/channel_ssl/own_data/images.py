@@ -55,6 +55,8 @@ def read_array(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
         from PIL import Image
 
         with Image.open(path) as image:
+            if image.mode in ("P", "PA"):  # palette indices are not intensities
+                image = image.convert("RGBA" if image.mode == "PA" else "RGB")
             return np.asarray(image), None
     except ImageError:
         raise
