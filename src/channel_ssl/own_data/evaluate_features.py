@@ -333,7 +333,8 @@ def embed_dataset(
             if out is None:
                 out = np.zeros((len(dataset.manifest), f.shape[1]), dtype=np.float32)
             out[rows] = f
-    assert out is not None  # load_dataset refuses an empty manifest
+    if out is None:
+        raise UserError(f"dataset {dataset.path} lists no images")
     return out
 
 
