@@ -181,3 +181,18 @@ def test_garbage_feature_file_is_named_by_the_evaluation_and_the_figures(tmp_pat
         load_features(tmp_path / "feats", "Allen", "cls1.npy")
     with pytest.raises(UserError, match=re.escape(str(bad))):
         load_figure_features(bad, n_rows=3)
+
+
+def test_empty_metadata_is_named_by_the_evaluation_and_the_extraction(tmp_path):
+    from channel_ssl.eval.eval_chammi import read_metadata
+    from channel_ssl.eval.extract import count_metadata_rows
+
+    empty = tmp_path / "enriched_meta.csv"
+    empty.write_text("")
+    with pytest.raises(UserError, match=re.escape(f"{empty} is empty")):
+        read_metadata(empty)
+    with pytest.raises(UserError, match=re.escape(f"{empty} is empty")):
+        count_metadata_rows(empty)
+    empty.write_text("file_path,Label,train_test_split\n")
+    with pytest.raises(UserError, match="header but no rows"):
+        read_metadata(empty)

@@ -83,7 +83,12 @@ def read_metadata(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"CHAMMI metadata {path} does not exist")
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"CHAMMI metadata {path} is empty (a truncated copy?)") from None
+    if df.empty:
+        raise UserError(f"CHAMMI metadata {path} has a header but no rows (a truncated copy?)")
     for column in ("train_test_split", "Label"):
         if column not in df.columns:
             raise UserError(f"{path}: missing column {column!r}")

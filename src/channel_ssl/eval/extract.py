@@ -204,7 +204,10 @@ def count_metadata_rows(path: str | os.PathLike) -> int:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"metadata {path} does not exist")
-    return len(pd.read_csv(path, usecols=[0]))
+    try:
+        return len(pd.read_csv(path, usecols=[0]))
+    except pd.errors.EmptyDataError:
+        raise UserError(f"metadata {path} is empty (a truncated copy?)") from None
 
 
 def resolve_device(device: str) -> torch.device:
