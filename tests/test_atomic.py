@@ -65,7 +65,10 @@ def test_fsync_before_rename(tmp_path, monkeypatch):
 
 
 _CHILD = """
-import sys, time
+import signal, sys, time
+# as in a foreground process: a suite started in the background (nohup, &) inherits an
+# ignored SIGINT, which atomic_path rightly leaves ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from channel_ssl.atomic import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_text("partial")
