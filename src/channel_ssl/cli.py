@@ -81,6 +81,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "channel_ssl.rehearse",
         "run the paper configuration's code paths at the paper's sizes on this machine",
     ),
+    "import-weights": (
+        "channel_ssl.own_data.import_weights",
+        "import a DINOv2-format checkpoint (e.g. the released BoC weights) as this project's",
+    ),
     "learning-check": (
         "channel_ssl.learning_check",
         "pretrain every family at CPU scale and score it against random init",

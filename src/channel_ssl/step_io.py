@@ -199,6 +199,10 @@ def evaluate_features(args) -> StepIO:
     return StepIO(**output_files(args))
 
 
+def import_weights(args) -> StepIO:
+    return StepIO(inputs=[args.checkpoint], outputs=[args.out])
+
+
 STEP_IO: dict[str, Callable[..., StepIO]] = {
     "make-demo-chammi": make_demo_chammi,
     "download-chammi": download_chammi,
@@ -217,4 +221,5 @@ STEP_IO: dict[str, Callable[..., StepIO]] = {
     "render-figure": render_figure,
     "import-images": import_images,
     "evaluate-features": evaluate_features,
+    "import-weights": import_weights,
 }
