@@ -109,3 +109,44 @@ def test_import_errors_name_what_does_not_fit(tmp_path, capsys):
         == 2
     )
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_workflow_builds_tables_5_and_6_from_given_weights(tmp_path):
+    """config 'pretrained': P-BoC-L's weights are an imported DINOv2-format checkpoint."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    from channel_ssl.provenance import read_record
+
+    repo = Path(__file__).resolve().parents[1]
+    _as_dinov2_file(_dinov2_layout_vit(), tmp_path / "released.pth")
+    imported = tmp_path / "boc-released.pt"
+    argv = ["import-weights", "--arch", "micro", "--checkpoint", str(tmp_path / "released.pth")]
+    assert cli_main(argv + ["--out", str(imported)]) == 0
+    results = tmp_path / "results"
+    cmd = [
+        sys.executable, "-m", "snakemake", "--cores", "2", "table5", "table6",
+        "--configfile", "config/smoke.yaml", "--config", f"results_dir={results}",
+        f"pretrained={json.dumps({'P-BoC-L': str(imported)})}",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=repo, capture_output=True, text=True, env=dict(os.environ, PATH="/usr/bin:/bin")
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "rule use_pretrained" in proc.stdout + proc.stderr
+    assert not (results / "logs" / "pretrain" / "P-BoC-L.log").read_text().count("iterations=")
+    for table in ("table5", "table6"):
+        md = (results / "tables" / f"{table}.md").read_text()
+        assert f"Weights of P-BoC-L: {imported}" in md
+        cells = pd.read_csv(results / "tables" / f"{table}.csv", dtype=str, keep_default_na=False)
+        boc = cells[cells["row"] == "DINO BoC (Ours)"]
+        assert (boc["reproduced"] != "").all()
+    record = read_record(results / "pretrain" / "P-BoC-L" / "checkpoint.pt")
+    assert record["step"] == "use-checkpoint"
+    assert [i["path"] for i in record["inputs"]] == [str(imported)]

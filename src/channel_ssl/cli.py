@@ -85,6 +85,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "channel_ssl.own_data.import_weights",
         "import a DINOv2-format checkpoint (e.g. the released BoC weights) as this project's",
     ),
+    "use-checkpoint": (
+        "channel_ssl.own_data.use_checkpoint",
+        "use a given checkpoint as a registry run's (config 'pretrained')",
+    ),
     "learning-check": (
         "channel_ssl.learning_check",
         "pretrain every family at CPU scale and score it against random init",

@@ -203,6 +203,10 @@ def import_weights(args) -> StepIO:
     return StepIO(inputs=[args.checkpoint], outputs=[args.out])
 
 
+def use_checkpoint(args) -> StepIO:
+    return StepIO(inputs=[args.checkpoint], outputs=[args.out], config=json.loads(args.run_config))
+
+
 STEP_IO: dict[str, Callable[..., StepIO]] = {
     "make-demo-chammi": make_demo_chammi,
     "download-chammi": download_chammi,
@@ -222,4 +226,5 @@ STEP_IO: dict[str, Callable[..., StepIO]] = {
     "import-images": import_images,
     "evaluate-features": evaluate_features,
     "import-weights": import_weights,
+    "use-checkpoint": use_checkpoint,
 }

@@ -16,6 +16,13 @@ check_unknown_keys(config)
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"]
+# runs whose weights are given (config 'pretrained'), not trained here
+PRETRAINED = dict(config["pretrained"])
+for _run in PRETRAINED:
+    if _run not in registry.RUNS:
+        raise ValueError(
+            f"config pretrained: {_run!r} is not a pretraining run; runs: {', '.join(registry.RUNS)}"
+        )
 
 
 # The rules find `channel-ssl` whether or not its environment is activated or on PATH.
@@ -294,8 +301,19 @@ PROBE_PROTOCOLS = {
 
 
 def table_note(name):
-    """The table's header note: the scale, and which probe protocol made its numbers."""
+    """The table's header note: the scale, which probe protocol made its numbers, and where
+    given (not trained) weights came from."""
     rows = registry.table(name).all_rows
+    given = sorted({r.run for r in rows if r.run in PRETRAINED})
+    weights = "".join(
+        f" Weights of {run}: {PRETRAINED[run]} (given in config 'pretrained', not trained "
+        "by this workflow)."
+        for run in given
+    )
+    return _protocol_note(rows) + weights
+
+
+def _protocol_note(rows):
     protocols = []
     if any(r.protocol == "probe" for r in rows):
         protocols.append(PROBE_PROTOCOLS[config["linear_probe"]["protocol"]])

@@ -10,7 +10,7 @@ rule pretrain:
     log:
         res("logs/pretrain/{run}.log"),
     wildcard_constraints:
-        run="|".join(registry.RUNS),
+        run="|".join(r for r in registry.RUNS if r not in PRETRAINED) or "(?!)",
     conda:
         "../../envs/train.yaml"
     threads: config["resources"]["pretrain"]["threads"]
@@ -47,3 +47,23 @@ rule random_init:
     shell:
         "channel-ssl pretrain --random-init --run-config '{params.run_config}'"
         " --out-dir {params.out_dir} --log {log}"
+
+
+# A run whose weights are given in config 'pretrained' (e.g. released weights imported with
+# channel-ssl import-weights): checked against the registry run and copied in, not trained.
+rule use_pretrained:
+    input:
+        lambda w: PRETRAINED[w.run],
+    output:
+        res("pretrain/{run}/checkpoint.pt"),
+    log:
+        res("logs/pretrain/{run}.log"),
+    wildcard_constraints:
+        run="|".join(PRETRAINED) or "(?!)",
+    conda:
+        "../../envs/train.yaml"
+    params:
+        run_config=run_config_json,
+    shell:
+        "channel-ssl use-checkpoint --checkpoint {input} --run-config '{params.run_config}'"
+        " --out {output} --log {log}"

@@ -215,3 +215,39 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--checkpoint {args.checkpoint} does not exist")
     import_dinov2(args.checkpoint, args.family, args.arch, args.out, args.which)
     return 0
+
+
+# ------------------------------------------------ channel-ssl use-checkpoint (config pretrained)
+def use_checkpoint(source: str | Path, run_config: dict, out: str | Path) -> Path:
+    """Copy a checkpoint of this project in as the checkpoint of a registry run, after
+    checking that it is the run's family and architecture. The backbone keeps the source's
+    own run config (its crop, patch, channels); ``used_as`` records the run it stands for."""
+    from channel_ssl.train.checkpoint import load_backbone, load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(source)
+    if "run_config" not in state or "teacher" not in state:
+        raise UserError(
+            f"{source} is not a checkpoint of this project (no run_config/teacher); "
+            "bring released weights in with channel-ssl import-weights first"
+        )
+    have, want = state["run_config"]["model"], run_config["model"]
+    for key in ("family", "arch"):
+        if have[key] != want[key]:
+            raise UserError(
+                f"{source} is a {have['family']} {have['arch']} model, but run "
+                f"{run_config['run']} is a {want['family']} {want['arch']}; config 'pretrained' "
+                "must give each run a checkpoint of its own family and architecture"
+            )
+    load_backbone(source)  # the weights load into the backbone they describe
+    state["used_as"] = {"run": run_config["run"], "source": str(source)}
+    save_checkpoint(out, state)
+    log.info(
+        "%s stands for run %s (%s %s)", source, run_config["run"], have["family"], have["arch"]
+    )
+    return Path(out)
+
+
+def add_use_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of this project")
+    parser.add_argument("--run-config", required=True, help="the registry run's config (JSON)")
+    parser.add_argument("--out", required=True, help="checkpoint.pt of the run")
