@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo test test-slurm lint dryrun-paper plan rehearse clean-demo learning-check
+.PHONY: venv demo test test-e2e test-slurm lint dryrun-paper plan rehearse clean-demo learning-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,14 @@ demo: venv
 	channel-ssl repair --results-dir results/demo
 	snakemake --profile profiles/local --cores $(CORES)
 
+# the unit and integration tests (budget: 4 min); the end-to-end Snakemake runs are test-e2e
 test: venv
-	python -m pytest
+	python -m pytest -m "not slow"
+
+# end-to-end: whole Snakemake builds on the smoke configuration (tables, reruns, audit, repair,
+# given weights), Snakemake without the venv on PATH
+test-e2e: venv
+	python -m pytest -m slow
 
 # Does pretraining learn? CPU-scale runs of every family against random init (25.7 min
 # measured on 2 shared cores);
