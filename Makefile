@@ -26,8 +26,9 @@ demo: venv
 test: venv
 	python -m pytest -m "not slow"
 
-# end-to-end: whole Snakemake builds on the smoke configuration (tables, reruns, audit, repair,
-# given weights), Snakemake without the venv on PATH
+# end-to-end (marker slow): whole Snakemake builds on the smoke configuration (tables, reruns,
+# audit, repair, given weights; the venv not on PATH), dry runs of the whole DAG, a whole
+# evaluate-run with the paper's probe protocol
 test-e2e: venv
 	python -m pytest -m slow
 

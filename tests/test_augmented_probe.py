@@ -88,6 +88,7 @@ def _source(root: Path, n: int = 48) -> Path:
     return root / "wtc" / "manifest.parquet"
 
 
+@pytest.mark.slow  # a whole evaluate-run process: make test-e2e
 def test_evaluate_run_trains_the_augmented_probe_and_labels_its_scores(tmp_path):
     from channel_ssl.train.pretrain import save_random_init
 

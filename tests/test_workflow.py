@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -34,6 +36,7 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow  # a Snakemake dry run of the whole DAG: make test-e2e
 def test_demo_dag_builds_every_table_and_figure(tmp_path):
     out = snakemake("-n", "--config", f"results_dir={tmp_path}/r").stdout
     counts = job_counts(out)
@@ -44,6 +47,7 @@ def test_demo_dag_builds_every_table_and_figure(tmp_path):
     assert counts["demo_source"] == 8
 
 
+@pytest.mark.slow  # a Snakemake dry run of the whole DAG: make test-e2e
 def test_one_table_builds_only_what_it_needs(tmp_path):
     out = snakemake("-n", "table5", "--config", f"results_dir={tmp_path}/r").stdout
     counts = job_counts(out)
@@ -53,6 +57,7 @@ def test_one_table_builds_only_what_it_needs(tmp_path):
     assert "P-HA-L" not in out
 
 
+@pytest.mark.slow  # a Snakemake dry run of the whole DAG: make test-e2e
 def test_paper_dag_without_data(tmp_path):
     out = snakemake(
         "-np", "--configfile", "config/paper.yaml", "--config", f"results_dir={tmp_path}/p"
@@ -99,6 +104,7 @@ def test_paper_dag_without_data(tmp_path):
     assert extract_blocks and all("gpu=1" in b for b in extract_blocks)
 
 
+@pytest.mark.slow  # a Snakemake dry run of the whole DAG: make test-e2e
 def test_bad_config_stops_before_any_job(tmp_path):
     proc = snakemake("-n", "--config", f"results_dir={tmp_path}/r", "seed=-3", check=False)
     assert proc.returncode != 0
@@ -132,6 +138,7 @@ def test_slurm_profile_asks_pretraining_jobs_for_the_stop_signal_allowed_by_the_
     assert profile["retries"] >= 1  # a stopped job (exit 75) is resubmitted and resumes
 
 
+@pytest.mark.slow  # a Snakemake dry run of the whole DAG: make test-e2e
 def test_claims_target_plans_the_claims_job_on_the_tables_it_rests_on(tmp_path):
     from channel_ssl.claims import claim_tables
 
