@@ -12,7 +12,6 @@ import collections
 import hashlib
 import io
 import json
-import logging
 import random
 import socket
 import struct
@@ -279,19 +278,6 @@ def test_max_retries_ends_retries(server, tmp_path, waits):
     with pytest.raises(UserError, match=r"3 failed attempts in a row \(--max-retries 2\)"):
         download_chammi(tmp_path, url, ["CHAMMI.zip"], policy=RetryPolicy(max_retries=2))
     assert len(waits) == 2 and len(server.gets(ZIP)) == 3
-
-
-@pytest.fixture()
-def root_logging():
-    """Put back the root logger's handlers that the CLI's setup_logging replaces."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for h in root.handlers:
-        if h not in handlers:
-            h.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def test_retry_options_on_the_command_line(server, tmp_path, waits, capsys, root_logging):

@@ -6,7 +6,6 @@ that several sources share.
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -23,19 +22,6 @@ from channel_ssl.errors import UserError
 from channel_ssl.npy import load_npy
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def root_logging():
-    """Put back the root logger's handlers that the CLI's setup_logging replaces."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for h in root.handlers:
-        if h not in handlers:
-            h.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 # ---------------------------------------------------------------- empty CHAMMI metadata

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from channel_ssl import registry
-from channel_ssl.atomic import write_json
 from channel_ssl.errors import UserError
 
 log = logging.getLogger("channel_ssl.sources")
@@ -148,36 +147,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     reader_of(args.source)(args.raw_dir, args.out_dir, args.image_size, args.shard_size)
     return 0
-
-
-# ----------------------------------------------------------------- locate-source (paper scale)
-
-
-def locate_source(source: str, raw_dir: str, out: str | os.PathLike) -> dict:
-    """Check that ``raw_dir`` holds the real data of ``source`` and record it in ``out``.
-
-    The real sources cannot be downloaded by the workflow (credentials, size, hosts without an
-    API); the user puts them in their native layout and names the directory in the config
-    (``sources.raw_dirs.<source>``). An unset or empty directory stops with what to do.
-    """
-    from channel_ssl import registry
-
-    raw_names = {s.raw: s for s in registry.SOURCES.values()}
-    if source not in raw_names:
-        raise UserError(f"unknown source {source!r}; known: {sorted(raw_names)}")
-    how = raw_names[source].obtain
-    if not raw_dir:
-        raise UserError(
-            f"source {source!r}: no data directory configured. Obtain it ({how}), lay it out "
-            f"as docs/datasets.md describes, and set 'sources: raw_dirs: {source}: <dir>' in the config."
-        )
-    path = Path(raw_dir)
-    if not path.is_dir() or not any(path.iterdir()):
-        raise UserError(
-            f"source {source!r}: configured directory {path} does not exist or is empty ({how})"
-        )
-    n_files = sum(1 for p in path.rglob("*") if p.is_file())
-    record = {"source": source, "raw_dir": str(path.resolve()), "files": n_files, "demo": False}
-    write_json(out, record)
-    log.info("source %s: %d files under %s", source, n_files, path)
-    return record
