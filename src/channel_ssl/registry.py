@@ -587,6 +587,7 @@ def run_config(name: str, config: dict) -> dict:
         "layerwise_decay": p["layerwise_decay"],
         "patch_embed_lr_mult": p["patch_embed_lr_mult"],
         "boc_pixel_budget": p["boc_pixel_budget"],
+        "groups_per_step": p["groups_per_step"],
         "dino": {
             "n_prototypes": p["n_prototypes"],
             "hidden_dim": p["head_hidden_dim"],

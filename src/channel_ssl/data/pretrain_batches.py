@@ -131,6 +131,11 @@ class CorpusSampler:
 class PretrainBatches(torch.utils.data.Dataset):
     """Item ``it`` is the whole (per-rank) batch of iteration ``it``; pure function of ``it``.
 
+    With ``cfg.groups_per_step`` G > 1 the item is ``{"parts": [batch, ...], "n_images": B}``:
+    G sub-batches of B / G images, each drawn as a separate (virtual) rank ``rank * G + g``
+    draws its own, so one process sees a step's mix of channel-count groups that G real ranks
+    would (G = 1: the plain batch below, identical to a rank's batch).
+
     Batch dict:
         global: float ``(n_global * B, K, Sg, Sg)`` (crop-major: all samples of crop 0, then 1)
         local: float ``(n_local * B, K, Sl, Sl)`` or None
@@ -153,6 +158,12 @@ class PretrainBatches(torch.utils.data.Dataset):
     ):
         self.corpus = corpus
         self.cfg = cfg
+        self.groups_per_step = int(cfg.groups_per_step)
+        if self.groups_per_step < 1 or local_batch % self.groups_per_step:
+            raise UserError(
+                f"run config: 'groups_per_step' {cfg.groups_per_step} must be >= 1 and divide the "
+                f"per-process batch {local_batch}"
+            )
         self.local_batch = local_batch
         self.total_iterations = total_iterations
         self.rank = rank
@@ -194,10 +205,19 @@ class PretrainBatches(torch.utils.data.Dataset):
         return store.get(self.shards[row], int(self.offsets[row]))
 
     def __getitem__(self, iteration: int) -> dict:
+        groups = self.groups_per_step
+        if groups == 1:
+            return self._batch(iteration, self.rank, self.local_batch)
+        size = self.local_batch // groups
+        parts = [self._batch(iteration, self.rank * groups + g, size) for g in range(groups)]
+        return {"parts": parts, "n_images": self.local_batch}
+
+    def _batch(self, iteration: int, rank: int, batch_size: int) -> dict:
+        """The batch of ``batch_size`` images that (virtual) rank ``rank`` draws at ``iteration``."""
         seed = self.cfg.seed
-        generator = torch.Generator().manual_seed(iteration_seed(seed, iteration, self.rank, 0))
-        rng = np.random.default_rng(iteration_seed(seed, iteration, self.rank, 1))
-        rows, channels = self.sampler.draw(self.local_batch, generator)
+        generator = torch.Generator().manual_seed(iteration_seed(seed, iteration, rank, 0))
+        rng = np.random.default_rng(iteration_seed(seed, iteration, rank, 1))
+        rows, channels = self.sampler.draw(batch_size, generator)
         views = []
         for index, row in enumerate(rows):
             image = self._image(int(row))
@@ -216,7 +236,7 @@ class PretrainBatches(torch.utils.data.Dataset):
         channel_ids = None
         if self.cfg.channel_sampling == "hcs" and self.family in JOINT_FAMILIES:
             # one subset per sample, shared by all its crops (teacher and student agree)
-            channel_ids = draw_channel_subset(self.local_batch, global_crops.shape[2], generator)
+            channel_ids = draw_channel_subset(batch_size, global_crops.shape[2], generator)
             global_crops = torch.stack([gather_channels(c, channel_ids) for c in global_crops])
             if local_crops is not None:
                 local_crops = torch.stack([gather_channels(c, channel_ids) for c in local_crops])
@@ -225,19 +245,17 @@ class PretrainBatches(torch.utils.data.Dataset):
         n_channels = global_crops.shape[2]
         mask_channels = n_channels if self.family in JOINT_FAMILIES else 1
         if self.objective == "mae":
-            masks = random_patch_mask(
-                self.local_batch, self.n_patches, self.cfg.mae.mask_ratio, rng
-            )
+            masks = random_patch_mask(batch_size, self.n_patches, self.cfg.mae.mask_ratio, rng)
         elif self.objective == "dinov1":
             masks = None  # DINOv1 has no masked-patch loss: the student sees whole crops
         else:
             masks = torch.cat(
-                [self.masks.generate(self.local_batch, rng, mask_channels) for _ in range(n_global)]
+                [self.masks.generate(batch_size, rng, mask_channels) for _ in range(n_global)]
             )
         return {
             "global": global_crops.flatten(0, 1),
             "local": None if local_crops is None else local_crops.flatten(0, 1),
             "masks": masks,
             "channel_ids": channel_ids,
-            "n_images": self.local_batch,
+            "n_images": batch_size,
         }

@@ -86,16 +86,20 @@ class DINOLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, n_prototypes))
 
     @torch.no_grad()
-    def teacher_targets(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    def teacher_targets(
+        self, teacher_logits: torch.Tensor, teacher_temp: float, update_center: bool = True
+    ) -> torch.Tensor:
         """Targets ``(N, P)`` from teacher logits ``(N, P)``.
 
         With ``centering`` this also updates the EMA centre from this batch, *after* computing
-        the targets with the previous centre (as DINO does).
+        the targets with the previous centre (as DINO does); ``update_center=False`` leaves the
+        update to the caller (several sub-batches of one step share one update).
         """
         if self.centering == "sinkhorn_knopp":
             return sinkhorn_knopp(teacher_logits, teacher_temp)
         targets = F.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
-        self.update_center(teacher_logits)
+        if update_center:
+            self.update_center(teacher_logits)
         return targets
 
     @torch.no_grad()

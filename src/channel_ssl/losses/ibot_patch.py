@@ -42,11 +42,19 @@ class IBOTPatchLoss(nn.Module):
         return self._targets.center
 
     @torch.no_grad()
-    def teacher_targets(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """Targets ``(n_masked, P)`` from the teacher's logits at the masked positions."""
+    def teacher_targets(
+        self, teacher_logits: torch.Tensor, teacher_temp: float, update_center: bool = True
+    ) -> torch.Tensor:
+        """Targets ``(n_masked, P)`` from the teacher's logits at the masked positions
+        (``update_center`` as in :meth:`DINOLoss.teacher_targets`)."""
         if self._targets.centering == "sinkhorn_knopp":
             return sinkhorn_knopp(teacher_logits, teacher_temp)
-        return self._targets.teacher_targets(teacher_logits, teacher_temp)
+        return self._targets.teacher_targets(teacher_logits, teacher_temp, update_center)
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        """EMA update of the patch centre from ``teacher_logits (n_masked, P)``."""
+        self._targets.update_center(teacher_logits)
 
     def forward(
         self,

@@ -217,16 +217,20 @@ def describe_run(
         f"parameters {n_total / 1e6:.3f} M ({n_backbone / 1e6:.3f} M backbone); "
         f"device={device_kind} x {info.world_size} process(es), "
         f"precision={'bf16' if use_bf16 else 'fp32'}; iterations={resolved.total_iterations}; "
-        f"effective batch={cfg.batch_size} {unit} ({cfg.batch_size // info.world_size} per process)"
-        f"; lr={resolved.lr:.3g}, warm-up {resolved.warmup_iterations} it"
+        f"effective batch={cfg.batch_size} {unit} ({cfg.batch_size // info.world_size} per process"
+        + (f", {cfg.groups_per_step} sub-batches each" if cfg.groups_per_step > 1 else "")
+        + f"); lr={resolved.lr:.3g}, warm-up {resolved.warmup_iterations} it"
     )
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {
+    moved = {
         k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
         for k, v in batch.items()
     }
+    if "parts" in batch:
+        moved["parts"] = [_to_device(part, device) for part in batch["parts"]]
+    return moved
 
 
 def train(

@@ -115,6 +115,7 @@ class RunConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     freeze_last_layer_iterations: int | None = None  # None: one epoch (iterations / 36)
     boc_pixel_budget: bool = True
+    groups_per_step: int = 1  # virtual ranks per process (schema: pretrain.groups_per_step)
     dino: DinoConfig = field(default_factory=DinoConfig)
     ibot: IbotConfig = field(default_factory=IbotConfig)
     mae: MaeConfig = field(default_factory=MaeConfig)
@@ -209,9 +210,16 @@ def validate_run_config(cfg: RunConfig) -> None:
         "dino.centering",
         f"is {cfg.dino.centering!r}; valid: centering, sinkhorn_knopp",
     )
+    _require(
+        cfg.groups_per_step == 1 or cfg.dino.centering == "centering",
+        "groups_per_step",
+        f"is {cfg.groups_per_step}; sub-batches need dino.centering 'centering' (Sinkhorn-Knopp "
+        "would have to normalise over all of them at once)",
+    )
     for key in (
         "iterations",
         "batch_size",
+        "groups_per_step",
         "lr_ref_batch",
         "checkpoint_every",
         "keep_checkpoints",

@@ -126,22 +126,33 @@ class DINOv2Objective(nn.Module):
         self.dino_channel = DINOLoss(d.n_prototypes, d.student_temp, d.center_momentum, d.centering)
 
     def forward(
-        self, student: dict, teacher: dict, masks: torch.Tensor, teacher_temp: float
+        self,
+        student: dict,
+        teacher: dict,
+        masks: torch.Tensor,
+        teacher_temp: float,
+        update_centers: bool = True,
     ) -> dict:
+        """Loss terms of one (sub-)batch. The EMA centres are updated from this batch's teacher
+        outputs after its targets are made, unless ``update_centers`` is False (then
+        :meth:`update_centers` does it once for several sub-batches)."""
         cfg = self.cfg
+        update = update_centers
         terms: dict[str, torch.Tensor] = {}
-        all_targets = self.dino.teacher_targets(teacher["cls_logits"], teacher_temp)
+        all_targets = self.dino.teacher_targets(teacher["cls_logits"], teacher_temp, update)
         targets = all_targets.chunk(self.n_global)
         terms["dino"] = self.dino(list(student["cls_logits"].chunk(self.n_crops)), list(targets))
         if not self.dinov1:
             terms["koleo"] = sum(koleo_loss(c) for c in student["cls"].chunk(self.n_global))
         if cfg.ibot.loss_weight > 0 and not self.dinov1:
-            patch_targets = self.ibot.teacher_targets(teacher["patch_logits"], teacher_temp)
+            patch_targets = self.ibot.teacher_targets(teacher["patch_logits"], teacher_temp, update)
             terms["ibot"] = self.ibot(student["patch_logits"], patch_targets, masks)
         if self.with_channel_tokens:
             t_logits = teacher["channel_logits"]  # (n_global * B, K, P)
             n_channels = t_logits.shape[1]
-            t_targets = self.dino_channel.teacher_targets(t_logits.flatten(0, 1), teacher_temp)
+            t_targets = self.dino_channel.teacher_targets(
+                t_logits.flatten(0, 1), teacher_temp, update
+            )
             t_targets = t_targets.reshape(t_logits.shape)
             s_logits = student["channel_logits"]
             terms["dino_channel"] = sum(
@@ -170,6 +181,25 @@ class DINOv2Objective(nn.Module):
         terms["teacher_entropy"], terms["teacher_batch_entropy"] = teacher_entropy(all_targets)
         return terms
 
+    @torch.no_grad()
+    def update_centers(self, teachers: list[dict]) -> None:
+        """One EMA update of each centre from the teacher outputs of several sub-batches
+        (their concatenation: the mean DDP's all-reduce would give over as many ranks)."""
+        if self.dino.centering != "centering":
+            return  # Sinkhorn-Knopp keeps no centre
+        self.dino.update_center(torch.cat([t["cls_logits"] for t in teachers]))
+        if self.cfg.ibot.loss_weight > 0 and not self.dinov1:
+            self.ibot.update_center(torch.cat([t["patch_logits"] for t in teachers]))
+        if self.with_channel_tokens:
+            self.dino_channel.update_center(
+                torch.cat([t["channel_logits"].flatten(0, 1) for t in teachers])
+            )
+
+
+def mean_terms(parts: list[dict]) -> dict:
+    """Loss terms averaged over sub-batches (DDP averages the gradients over ranks)."""
+    return {key: sum(p[key] for p in parts) / len(parts) for key in parts[0]}
+
 
 class DINOTraining:
     """The DINO objectives (``dino``, ``dinov1``): student and EMA teacher networks with DINO
@@ -189,7 +219,25 @@ class DINOTraining:
         self.objective = DINOv2Objective(cfg, self.with_channel_tokens).to(device)
 
     def loss_terms(self, model: nn.Module, batch: dict, values: dict) -> dict:
-        """Named loss terms of one batch, ``total`` included; ``model`` is the (wrapped) student."""
+        """Named loss terms of one batch, ``total`` included; ``model`` is the (wrapped) student.
+
+        A batch of sub-batches (``parts``, virtual ranks) gives the mean of their terms, every
+        part's targets made with the step's centres, and then one update of each centre.
+        """
+        if "parts" in batch:
+            temp = values["teacher_temp"]
+            terms, teachers = [], []
+            for part in batch["parts"]:
+                student_out, teacher_out = self._forward(model, part)
+                terms.append(self.objective(student_out, teacher_out, part["masks"], temp, False))
+                teachers.append(teacher_out)
+            self.objective.update_centers(teachers)
+            return mean_terms(terms)
+        student_out, teacher_out = self._forward(model, batch)
+        return self.objective(student_out, teacher_out, batch["masks"], values["teacher_temp"])
+
+    def _forward(self, model: nn.Module, batch: dict) -> tuple[dict, dict]:
+        """Student and teacher outputs of one batch."""
         with torch.no_grad():
             # the teacher sees the unmasked global crops; its patch logits are read at the
             # positions the student sees masked
@@ -207,7 +255,7 @@ class DINOTraining:
             channel_ids=batch["channel_ids"],
             with_channel_tokens=self.with_channel_tokens,
         )
-        return self.objective(student_out, teacher_out, batch["masks"], values["teacher_temp"])
+        return student_out, teacher_out
 
     def before_optimizer_step(self, values: dict) -> None:
         """Nothing: the last-layer freeze is the prototypes' lr of 0 (see :func:`train`)."""
@@ -270,6 +318,8 @@ class MAETraining:
         self.student = MAENetwork(backbone, decoder).to(device)
 
     def loss_terms(self, model: nn.Module, batch: dict, values: dict) -> dict:
+        if "parts" in batch:
+            return mean_terms([self.loss_terms(model, part, values) for part in batch["parts"]])
         images, masks = batch["global"], batch["masks"]
         pred = model(images, masks)
         target = patchify(images, self.student.backbone.patch_size)
