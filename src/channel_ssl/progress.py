@@ -27,6 +27,11 @@ class ProgressLogger:
         self.t0 = time.perf_counter()
         self.items = 0
 
+    def due(self, step: int) -> bool:
+        """Whether :meth:`step` writes a line for ``step`` (0-based)."""
+        done = step + 1
+        return not (done % self.every) or done == self.total
+
     def step(self, step: int, items: int = 1, **values: float) -> bool:
         """Record that ``step`` (0-based) is done, having processed ``items`` items.
 
@@ -34,7 +39,7 @@ class ProgressLogger:
         """
         self.items += items
         done = step + 1
-        if done % self.every and done != self.total:
+        if not self.due(step):
             return False
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         steps_done = max(done - self.start_step, 1)
@@ -51,6 +56,26 @@ class ProgressLogger:
             _fmt(eta),
         )
         return True
+
+
+class IntervalMeans:
+    """Running means of named values over the steps since the last log line, so a logged loss
+    is the mean of its interval rather than one noisy batch (DINOv2 logs smoothed values too)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        """The means since the last call, then start a new interval."""
+        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
 
 
 def _fmt(seconds: float) -> str:

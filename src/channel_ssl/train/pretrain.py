@@ -66,7 +66,7 @@ from channel_ssl.data.pretrain_batches import (
     mean_channels,
 )
 from channel_ssl.errors import UserError
-from channel_ssl.progress import ProgressLogger
+from channel_ssl.progress import IntervalMeans, ProgressLogger
 from channel_ssl.train.checkpoint import (
     newest_readable_checkpoint,
     periodic_checkpoint_path,
@@ -219,7 +219,8 @@ def describe_run(
         f"precision={'bf16' if use_bf16 else 'fp32'}; iterations={resolved.total_iterations}; "
         f"effective batch={cfg.batch_size} {unit} ({cfg.batch_size // info.world_size} per process"
         + (f", {cfg.groups_per_step} sub-batches each" if cfg.groups_per_step > 1 else "")
-        + f"); lr={resolved.lr:.3g}, warm-up {resolved.warmup_iterations} it"
+        + f"); lr={resolved.lr:.3g}, warm-up {resolved.warmup_iterations} it; logged losses "
+        f"and entropies are means over each {cfg.log_every}-iteration log interval"
     )
 
 
@@ -337,6 +338,8 @@ def train(
         resolved.total_iterations, every=cfg.log_every, unit="img", logger=log, start=start
     )
     monitor = CollapseMonitor(cfg.dino.n_prototypes) if cfg.objective != "mae" else None
+    # logged losses and entropies are means over the log interval
+    interval = IntervalMeans()
     if info.is_main:
         log.info("%s", describe_run(cfg, corpus, student, resolved, info, device_kind, use_bf16))
     student.train()
@@ -366,8 +369,9 @@ def train(
             training.after_optimizer_step(values)
             done = iteration + 1
             if info.is_main:
-                logged_values = {k: float(v.detach()) for k, v in terms.items()}
-                if monitor is not None:
+                interval.add({k: float(v.detach()) for k, v in terms.items()})
+                logged_values = interval.pop() if progress.due(iteration) else {}
+                if monitor is not None and logged_values:
                     logged_values["entropy_ratio"] = monitor.ratio(logged_values["teacher_entropy"])
                 wrote = progress.step(
                     iteration,
