@@ -36,7 +36,7 @@ test-e2e: venv
 # measured on 2 shared cores);
 # exits 1 when a target is missed. Writes results/learning/summary.{csv,md}.
 learning-check: venv
-	channel-ssl learning-check --config config/learning.yaml --out results/learning --threads $(CORES)
+	channel-ssl learning-check --config config/learning.yaml --out results/learning --threads 1 --jobs $(CORES)
 
 # The SLURM profile for real, on a one-node cluster started here (installs slurm-wlm with apt).
 test-slurm: venv

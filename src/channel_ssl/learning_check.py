@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import multiprocessing
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from channel_ssl import registry
 from channel_ssl.atomic import write_text as atomic_write_text
 from channel_ssl.config import load_config
 from channel_ssl.data.chammi import DATASETS
+from channel_ssl.errors import UserError
 
 log = logging.getLogger("channel_ssl.learning_check")
 
@@ -76,7 +79,10 @@ def run_config(check: CheckRun, config: dict) -> dict:
     cfg = registry.run_config(TEMPLATE_RUNS[check.template], config)
     cfg["run"] = f"learning-{check.name}"
     cfg["seed"] = int(check.seed)
-    cfg.update(config.get("learning", {}).get("overrides", {}).get(check.template, {}))
+    overrides = dict(config.get("learning", {}).get("overrides", {}).get(check.template, {}))
+    if "layerscale" in overrides:
+        cfg["model"] = {**cfg["model"], "layerscale": overrides.pop("layerscale")}
+    cfg.update(overrides)
     return cfg
 
 
@@ -259,7 +265,8 @@ def render_markdown(rows: pd.DataFrame, spread: dict, targets, seconds: float) -
 
 
 # ------------------------------------------------------------------------------------ main
-def learning_check(config_path: str, out: Path, seeds: int | None = None) -> int:
+def run_check(check: CheckRun, config: dict, data: dict, out: Path, threads: int | None) -> dict:
+    """Pretrain one learning-check run and score it beside its random init; its summary row."""
     import torch
 
     from channel_ssl.train.checkpoint import load_backbone
@@ -267,75 +274,103 @@ def learning_check(config_path: str, out: Path, seeds: int | None = None) -> int
     from channel_ssl.train.run_config import load_run_config
     from channel_ssl.train.ssl_meta_arch import build_run_backbone
 
+    if threads:
+        torch.set_num_threads(threads)
+    # worker processes name their log lines by run (two runs' progress lines interleave)
+    multiprocessing.current_process().name = check.name
+    cfg = load_run_config(run_config(check, config))
+    family = cfg.model.family
+    # random init: the very network the run starts from (same seed, same builder)
+    torch.manual_seed(cfg.seed)
+    random_backbone = build_run_backbone(cfg, drop_path=0.0).eval()
+    random_scores = score(random_backbone, family, data, check.datasets, config)
+    run_dir = out / "runs" / check.name
+    log_path = run_dir / "pretrain.log"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("channel_ssl").addHandler(handler)
+    try:
+        corpus = data["corpora"]["all" if check.datasets == DATASETS else check.datasets[0]]
+        checkpoint = train(corpus, cfg, run_dir, device="cpu")
+    finally:
+        logging.getLogger("channel_ssl").removeHandler(handler)
+        handler.close()
+    backbone, _ = load_backbone(checkpoint)
+    trained_scores = score(backbone, family, data, check.datasets, config)
+    lines = parse_log(log_path)
+    first, last = lines[0], lines[-1]
+    ln_k = math.log(cfg.dino.n_prototypes)
+    record = {
+        "run": check.name,
+        "family": family,
+        "objective": cfg.objective,
+        "template": check.template,
+        "seed": check.seed,
+        "iterations": last["iteration"],
+        "random_init": random_scores["Mean"],
+        "pretrained": trained_scores["Mean"],
+        "gain": trained_scores["Mean"] - random_scores["Mean"],
+        "first_total": first.get("total", float("nan")),
+        "last_total": last.get("total", float("nan")),
+        "ln_k": ln_k if cfg.objective != "mae" else float("nan"),
+        "first_dino": first.get("dino", float("nan")),
+        "last_dino": last.get("dino", float("nan")),
+        "last_entropy": last.get("teacher_entropy", float("nan")),
+        "first_mae": first.get("mae", float("nan")),
+        "last_mae": last.get("mae", float("nan")),
+    }
+    for key, value in trained_scores.items():
+        if key != "Mean":
+            record[f"pre:{key}"] = value
+            record[f"rnd:{key}"] = random_scores[key]
+    for key in ("koleo", "ibot", "dino_channel"):
+        if key in first:
+            record[f"first_{key}"] = first[key]
+            record[f"last_{key}"] = last[key]
+    log.info(
+        "%s: random init %.2f -> pretrained %.2f (%+.2f); dino %s, entropy %s of ln K %.3f",
+        check.name,
+        record["random_init"],
+        record["pretrained"],
+        record["gain"],
+        _fmt(record["last_dino"]),
+        _fmt(record["last_entropy"]),
+        ln_k,
+    )
+    return record
+
+
+def _worker_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def learning_check(
+    config_path: str, out: Path, seeds: int | None = None, jobs: int = 1, threads: int | None = None
+) -> int:
+    """Every learning-check run (``jobs`` at a time, each in its own process when jobs > 1),
+    then the summary and the targets; 0 when every target is met."""
     t0 = time.perf_counter()
     config = load_config(config_path)
     settings = config["learning"]
     seeds = int(seeds if seeds is not None else settings["boc_seeds"])
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(out, config)
-    records = []
-    for check in check_runs(seeds):
-        cfg = load_run_config(run_config(check, config))
-        family = cfg.model.family
-        # random init: the very network the run starts from (same seed, same builder)
-        torch.manual_seed(cfg.seed)
-        random_backbone = build_run_backbone(cfg, drop_path=0.0).eval()
-        random_scores = score(random_backbone, family, data, check.datasets, config)
-        run_dir = out / "runs" / check.name
-        log_path = run_dir / "pretrain.log"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_path, mode="w")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("channel_ssl").addHandler(handler)
-        try:
-            corpus = data["corpora"]["all" if check.datasets == DATASETS else check.datasets[0]]
-            checkpoint = train(corpus, cfg, run_dir, device="cpu")
-        finally:
-            logging.getLogger("channel_ssl").removeHandler(handler)
-            handler.close()
-        backbone, _ = load_backbone(checkpoint)
-        trained_scores = score(backbone, family, data, check.datasets, config)
-        lines = parse_log(log_path)
-        first, last = lines[0], lines[-1]
-        ln_k = math.log(cfg.dino.n_prototypes)
-        record = {
-            "run": check.name,
-            "family": family,
-            "objective": cfg.objective,
-            "template": check.template,
-            "seed": check.seed,
-            "iterations": last["iteration"],
-            "random_init": random_scores["Mean"],
-            "pretrained": trained_scores["Mean"],
-            "gain": trained_scores["Mean"] - random_scores["Mean"],
-            "first_total": first.get("total", float("nan")),
-            "last_total": last.get("total", float("nan")),
-            "ln_k": ln_k if cfg.objective != "mae" else float("nan"),
-            "first_dino": first.get("dino", float("nan")),
-            "last_dino": last.get("dino", float("nan")),
-            "last_entropy": last.get("teacher_entropy", float("nan")),
-            "first_mae": first.get("mae", float("nan")),
-            "last_mae": last.get("mae", float("nan")),
-        }
-        for key, value in trained_scores.items():
-            if key != "Mean":
-                record[f"pre:{key}"] = value
-                record[f"rnd:{key}"] = random_scores[key]
-        for key in ("koleo", "ibot", "dino_channel"):
-            if key in first:
-                record[f"first_{key}"] = first[key]
-                record[f"last_{key}"] = last[key]
-        log.info(
-            "%s: random init %.2f -> pretrained %.2f (%+.2f); dino %s, entropy %s of ln K %.3f",
-            check.name,
-            record["random_init"],
-            record["pretrained"],
-            record["gain"],
-            _fmt(record["last_dino"]),
-            _fmt(record["last_entropy"]),
-            ln_k,
-        )
-        records.append(record)
+    checks = check_runs(seeds)
+    if jobs <= 1:
+        records = [run_check(check, config, data, out, threads) for check in checks]
+    else:
+        # processes, not threads: micro ViTs use one core badly, two runs use two well
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=context, initializer=_worker_logging
+        ) as pool:
+            futures = [pool.submit(run_check, c, config, data, out, threads) for c in checks]
+            records = [f.result() for f in futures]
     rows = pd.DataFrame(records)
     boc_random = rows.loc[rows["template"] == "boc", "random_init"].to_numpy()
     spread = {
@@ -360,12 +395,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="config/learning.yaml", help="learning-check recipe")
     parser.add_argument("--out", default="results/learning", help="output directory")
     parser.add_argument("--seeds", type=int, default=None, help="BoC seeds (default: config)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs trained at the same time, one process each"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    return learning_check(args.config, Path(args.out), args.seeds)
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1; got {args.jobs}")
+    return learning_check(args.config, Path(args.out), args.seeds, args.jobs, args.threads)
