@@ -254,3 +254,38 @@ def test_pretraining_beats_random_init_at_knn_on_an_easy_set(tmp_path):
     backbone, _ = load_backbone(train(tmp_path / "corpus.parquet", config, tmp_path / "run"))
     pretrained = knn_accuracy(backbone)
     assert pretrained >= random_init + 0.04, (random_init, pretrained)
+
+
+def test_interval_means_average_the_steps_since_the_last_line():
+    from channel_ssl.progress import IntervalMeans, ProgressLogger
+
+    progress, interval = ProgressLogger(total=5, every=2), IntervalMeans()
+    logged = []
+    for step, loss in enumerate([4.0, 2.0, 1.0, 3.0, 7.0]):
+        interval.add({"loss": loss})
+        if progress.due(step):
+            logged.append(interval.pop()["loss"])
+    # steps 0-1, 2-3, then the last step alone
+    assert logged == [3.0, 2.0, 7.0]
+
+
+def test_learning_overrides_reach_the_run_config_and_bad_jobs_are_refused():
+    import argparse
+
+    from channel_ssl.config import load_config
+    from channel_ssl.errors import UserError
+    from channel_ssl.learning_check import CheckRun, add_arguments, run, run_config
+
+    config = load_config(
+        "config/learning.yaml",
+        {"learning": {"overrides": {"ha": {"layerscale": 0.5, "groups_per_step": 2}}}},
+    )
+    ha = run_config(CheckRun("ha", "ha", 0), config)
+    assert ha["model"]["layerscale"] == 0.5 and ha["groups_per_step"] == 2
+    assert ha["model"]["family"] == "ha"  # the rest of the model section is kept
+    boc = run_config(CheckRun("boc-seed0", "boc", 0), config)
+    assert boc["model"]["layerscale"] == 1e-5 and boc.get("groups_per_step", 1) == 1
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(UserError, match="--jobs"):
+        run(parser.parse_args(["--jobs", "0"]))
