@@ -218,7 +218,7 @@ def render_markdown(rows: pd.DataFrame, spread: dict, targets, seconds: float) -
         "Demo CHAMMI data at a larger scale, micro ViTs, `config/learning.yaml`. Scores: CHAMMI "
         "1-NN, macro-F1 x 100; `score` is the CHAMMI mean of the per-dataset OOD means "
         "(fixed-channel HPA run: the mean over HPA's OOD tasks). Losses are the first and last "
-        "logged values: `total` is the weighted sum the optimiser sees (DINO + iBOT + KoLeo), "
+        "logged values (means over the first and last log intervals): `total` is the weighted sum the optimiser sees (DINO + iBOT + KoLeo), "
         "`dino` the image-level DINO term the targets judge, against ln K (uniform teacher).",
         "",
         f"Random-init spread over the BoC seeds (std of the Mean): {spread['std']:.2f} points "
