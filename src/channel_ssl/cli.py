@@ -23,11 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "channel_ssl.config",
         "validate a workflow config file and print it with defaults",
     ),
-    "make-demo-chammi": ("channel_ssl.data.demo_chammi", "generate the demo CHAMMI dataset"),
+    "make-demo-chammi": ("channel_ssl.data.demo.chammi", "generate the demo CHAMMI dataset"),
     "download-chammi": ("channel_ssl.data.download", "download and verify CHAMMI from Zenodo"),
     "preprocess": ("channel_ssl.data.preprocess", "turn a source into shards + manifest"),
     "make-demo-source": (
-        "channel_ssl.data.demo_sources",
+        "channel_ssl.data.demo.sources",
         "generate a demo copy of a source in its native layout",
     ),
     "prepare-source": (

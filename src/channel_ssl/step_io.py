@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from channel_ssl.data.chammi import DATASETS as CHAMMI_DATASETS
+from channel_ssl.data.readers.chammi import DATASETS as CHAMMI_DATASETS
 from channel_ssl.provenance import StepIO
 
 _META = "enriched_meta.csv"

@@ -64,7 +64,7 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 from channel_ssl.atomic import write_json
-from channel_ssl.data.chammi import DATASETS, METADATA_NAME
+from channel_ssl.data.readers.chammi import DATASETS, METADATA_NAME
 from channel_ssl.errors import UserError
 from channel_ssl.progress import ProgressLogger
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from channel_ssl.data.chammi import (
+from channel_ssl.data.readers.chammi import (
     DATASETS,
     channel_names,
     load_image,

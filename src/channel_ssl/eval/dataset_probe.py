@@ -92,13 +92,13 @@ CYCLOPS_COLUMNS = {
 
 
 def _hpa_localisations() -> tuple[str, ...]:
-    from channel_ssl.data.hpa import LOCALISATIONS
+    from channel_ssl.data.readers.hpa import LOCALISATIONS
 
     return LOCALISATIONS
 
 
 def _meterml_classes() -> tuple[str, ...]:
-    from channel_ssl.data.meterml import CLASSES
+    from channel_ssl.data.readers.meterml import CLASSES
 
     return CLASSES
 

@@ -12,7 +12,7 @@ with the same code as the real data. Everything is a function of the seed.
 WTC, Cell Painting): their demo copies then contain the cells of that CHAMMI copy (same
 identities and factors), as the real sources contain the real CHAMMI cells, so the removal of
 CHAMMI's IID-task images from ExtendedCHAMMI has something to remove. Without it they
-regenerate the demo CHAMMI plan of the same seed (:mod:`channel_ssl.data.demo_chammi`).
+regenerate the demo CHAMMI plan of the same seed (:mod:`channel_ssl.data.demo.chammi`).
 """
 
 from __future__ import annotations
