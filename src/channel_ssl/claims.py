@@ -46,8 +46,9 @@ import yaml
 
 from channel_ssl.atomic import write_table, write_text
 from channel_ssl.errors import UserError
+from channel_ssl.provenance import StepIO
 from channel_ssl.render_tables import CSV_COLUMNS as TABLE_CSV_COLUMNS
-from channel_ssl.render_tables import NOT_APPLICABLE, load_paper_tables
+from channel_ssl.render_tables import NOT_APPLICABLE, default_tables_path, load_paper_tables
 
 log = logging.getLogger("channel_ssl.claims")
 
@@ -627,3 +628,10 @@ def run(args: argparse.Namespace) -> int:
         tables_path=args.tables,
     )
     return 0
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    inputs = list(dict.fromkeys(args.table_csv))
+    inputs += [str(args.claims or default_claims_path()), str(args.tables or default_tables_path())]
+    return StepIO(inputs=inputs, outputs=[args.out_csv, args.out_md])

@@ -54,6 +54,7 @@ from channel_ssl.data.extended_chammi import (
     normalise,
 )
 from channel_ssl.errors import UserError
+from channel_ssl.provenance import StepIO
 
 log = logging.getLogger("channel_ssl.render_tables")
 
@@ -684,3 +685,13 @@ def run(args: argparse.Namespace) -> int:
         reference=args.reference,
     )
     return 0
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    rows = list(args.row) + list(getattr(args, "reference", None) or [])
+    files = (split_selector(row.split("=", 1)[1])[0] for row in rows if "=" in row)
+    inputs = list(dict.fromkeys(files))
+    if getattr(args, "summary", None):
+        inputs.append(args.summary)
+    return StepIO(inputs=inputs, outputs=[args.out_csv, args.out_md])

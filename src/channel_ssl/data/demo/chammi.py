@@ -73,6 +73,8 @@ from channel_ssl.data.readers.chammi import (
     unfold_channels,
 )
 from channel_ssl.progress import ProgressLogger
+from channel_ssl.provenance import StepIO
+from channel_ssl.step_io import chammi_images, chammi_metadata
 
 log = logging.getLogger("channel_ssl.demo_chammi")
 
@@ -417,3 +419,8 @@ def run(args: argparse.Namespace) -> int:
     log.info("demo CHAMMI %s", asdict(params))
     generate_demo(args.out, params)
     return 0
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    return StepIO(outputs=chammi_metadata(args.out), members=chammi_images(args.out))
