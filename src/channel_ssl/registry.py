@@ -113,7 +113,7 @@ class Row:
 @dataclass(frozen=True)
 class Table:
     """A paper table: its reproduced rows. Its title and printed values are in
-    ``resources/paper_tables.yaml`` (``render_tables.load_paper_tables``), declared once."""
+    ``resources/paper_tables.yaml`` (``paper_tables.load_paper_tables``), declared once."""
 
     name: str
     rows: tuple[Row, ...] = field(default_factory=tuple)

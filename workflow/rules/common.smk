@@ -9,7 +9,7 @@ from channel_ssl.audit import changed_outputs
 from channel_ssl.environment import put_interpreter_on_path
 from channel_ssl.config import check_unknown_keys
 from channel_ssl.plan import probe_runtime_minutes, sizing
-from channel_ssl.render_tables import load_paper_tables
+from channel_ssl.paper_tables import load_paper_tables
 
 # one line per unknown key, before validate would print the whole schema
 check_unknown_keys(config)
