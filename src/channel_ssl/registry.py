@@ -4,7 +4,7 @@ Targets, tables and the whole DAG are derived from here; nothing else lists runs
 follow ``P-<model>-<size>[-<dataset>]`` (docs/paper.md section 1).
 
 One concept, kept in one module although it is over 500 lines: most of it is the declarations
-themselves (8 sources, 12 corpora, 24 runs, 12 tables, 2 figures), and the lookups and
+themselves (every source, corpus, run, table and figure), and the lookups and
 derivations below them (``run_config``, ``probe_plan``, ...) read only these declarations.
 """
 
