@@ -44,7 +44,6 @@ _DEMO_TO_FILE_ORDER = [2, 1, 0, 3]
 
 
 def _demo_vocab():
-
     return tuple(HPA_CELL_LINE_SHAPES), HPA_TRAIN_LABELS + HPA_NOVEL_LABELS
 
 
