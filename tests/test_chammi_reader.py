@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from channel_ssl.data.chammi import (
+from channel_ssl.data.demo.chammi import DemoParams, generate_demo
+from channel_ssl.data.readers.chammi import (
     group_column,
     leave_out_task,
     load_image,
     read_metadata,
     tasks_of,
 )
-from channel_ssl.data.demo_chammi import DemoParams, generate_demo
 from channel_ssl.errors import UserError
 
 

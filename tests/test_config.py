@@ -176,7 +176,7 @@ def test_a_source_is_declared_once_and_the_schema_follows_the_registry():
 
     import yaml
 
-    from channel_ssl.data.demo_sources import DEMOS
+    from channel_ssl.data.demo.sources import DEMOS
     from channel_ssl.data.sources import READERS
 
     repo = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from channel_ssl.cli import main as cli_main
-from channel_ssl.data.hpa import LOCALISATIONS
-from channel_ssl.data.meterml import CLASSES as METER_CLASSES
+from channel_ssl.data.readers.hpa import LOCALISATIONS
+from channel_ssl.data.readers.meterml import CLASSES as METER_CLASSES
 from channel_ssl.data.shards import write_manifest
 from channel_ssl.errors import UserError
 from channel_ssl.eval.dataset_probe import TASKS, probe_dataset, task_data

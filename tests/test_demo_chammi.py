@@ -7,8 +7,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from channel_ssl.data import demo_chammi as demo
-from channel_ssl.data.chammi import (
+from channel_ssl.data.demo import chammi as demo
+from channel_ssl.data.demo.chammi import DemoParams, generate_demo
+from channel_ssl.data.readers.chammi import (
     CHANNELS,
     DATASETS,
     TASKS,
@@ -17,7 +18,6 @@ from channel_ssl.data.chammi import (
     read_metadata,
     unfold_channels,
 )
-from channel_ssl.data.demo_chammi import DemoParams, generate_demo
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,7 @@ import pytest
 
 from channel_ssl.cli import main
 from channel_ssl.data import download
-from channel_ssl.data.chammi import DATASETS, read_metadata
-from channel_ssl.data.demo_chammi import DemoParams, generate_demo
+from channel_ssl.data.demo.chammi import DemoParams, generate_demo
 from channel_ssl.data.download import (
     COMPLETE_NAME,
     STATE_NAME,
@@ -33,6 +32,7 @@ from channel_ssl.data.download import (
     download_chammi,
     parse_record,
 )
+from channel_ssl.data.readers.chammi import DATASETS, read_metadata
 from channel_ssl.errors import UserError
 
 ZIP = "/api/files/CHAMMI.zip/content"

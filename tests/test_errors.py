@@ -14,9 +14,9 @@ import pytest
 
 from channel_ssl import registry
 from channel_ssl.cli import main
-from channel_ssl.data.chammi import METADATA_NAME, read_metadata, required_columns
 from channel_ssl.data.locate_source import DOC_SECTIONS, locate_source, obtain_hint
 from channel_ssl.data.preprocess import preprocess_dataset
+from channel_ssl.data.readers.chammi import METADATA_NAME, read_metadata, required_columns
 from channel_ssl.data.shards import ShardStore
 from channel_ssl.errors import UserError
 from channel_ssl.npy import load_npy

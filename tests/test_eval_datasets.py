@@ -11,9 +11,11 @@ import pytest
 import tifffile
 from PIL import Image
 
-from channel_ssl.data import cyclops, jumpcp, meterml
-from channel_ssl.data.demo_sources import DEMOS, make_demo_source
+from channel_ssl.data.demo import jumpcp as jumpcp_demo
+from channel_ssl.data.demo import meterml as meterml_demo
+from channel_ssl.data.demo.sources import DEMOS, make_demo_source
 from channel_ssl.data.preprocess import square_resize, to_uint8
+from channel_ssl.data.readers import cyclops, jumpcp, meterml
 from channel_ssl.data.shards import ShardStore
 from channel_ssl.data.sources import READERS, reader_of
 from channel_ssl.errors import UserError
@@ -115,9 +117,9 @@ def test_jump_labels_follow_channelvit_factorisation(jump):
     assert sum(f["label_id"] == 0 for f in factors) > 0
     # the well imaged but absent from the platemap is dropped
     cells = pd.read_parquet(root / "BR00116991.pq")
-    assert (cells["well_loc"] == jumpcp.DEMO_UNMAPPED_WELL).sum() > 0
-    assert jumpcp.DEMO_UNMAPPED_WELL not in {f["well"] for f in factors}
-    assert len(m8) == int((cells["well_loc"] != jumpcp.DEMO_UNMAPPED_WELL).sum())
+    assert (cells["well_loc"] == jumpcp_demo.DEMO_UNMAPPED_WELL).sum() > 0
+    assert jumpcp_demo.DEMO_UNMAPPED_WELL not in {f["well"] for f in factors}
+    assert len(m8) == int((cells["well_loc"] != jumpcp_demo.DEMO_UNMAPPED_WELL).sum())
 
 
 def test_jump_label_map_gives_161_classes_at_paper_scale(tmp_path):
@@ -165,7 +167,7 @@ def test_jump_path_mapping_and_missing_file(tmp_path, jump):
     assert jumpcp.local_cell_path(root, uri) == root / "BR00116991" / "BR00116991_A01_1_12.npy"
     assert jumpcp.local_cell_path(root, "BR00116991/x.npy") == root / "BR00116991" / "x.npy"
     assert jumpcp.local_cell_path(root, "/abs/x.npy") == Path("/abs/x.npy")
-    jumpcp.make_demo(tmp_path / "raw", seed=1, scale=0.25)
+    jumpcp_demo.make_demo(tmp_path / "raw", seed=1, scale=0.25)
     victim = sorted((tmp_path / "raw" / "jumpcp" / "BR00116991").glob("*_A01_1_0.npy"))[0]
     victim.unlink()
     with pytest.raises(FileNotFoundError, match="BR00116991_A01_1_0"):
@@ -338,7 +340,7 @@ def test_meterml_multi_hot_labels_and_splits(meter):
 
 def test_meterml_folder_without_s1_is_skipped_only_when_needed(tmp_path):
     raw = tmp_path / "raw"
-    meterml.make_demo(raw, seed=3, scale=0.1)
+    meterml_demo.make_demo(raw, seed=3, scale=0.1)
     doc = json.loads((raw / "val_dataset.geojson").read_text())
     victim = raw / doc["features"][0]["properties"]["Image_Folder"]
     (victim / "sentinel-1.npy").unlink()

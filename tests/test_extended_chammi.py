@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from channel_ssl.atomic import write_table
-from channel_ssl.data.demo_chammi import PLANNERS, DemoParams
-from channel_ssl.data.demo_sources import make_demo_source
+from channel_ssl.data.demo.chammi import PLANNERS, DemoParams
+from channel_ssl.data.demo.sources import make_demo_source
 from channel_ssl.data.extended_chammi import (
     CP_HELDOUT_PLATES,
     CP_HELDOUT_TREATMENTS,

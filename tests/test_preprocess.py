@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from channel_ssl.data.chammi import load_image, read_metadata
 from channel_ssl.data.corpus import assemble_corpus, parse_exclusion
-from channel_ssl.data.demo_chammi import DemoParams, generate_demo
+from channel_ssl.data.demo.chammi import DemoParams, generate_demo
 from channel_ssl.data.preprocess import pad_to_square, preprocess_dataset, square_resize
+from channel_ssl.data.readers.chammi import load_image, read_metadata
 from channel_ssl.data.shards import ShardStore, load_manifest
 from channel_ssl.errors import UserError
 

@@ -12,9 +12,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from channel_ssl.data import cellpainting, hpa, opencell, wtc
-from channel_ssl.data.demo_sources import make_demo_source
+from channel_ssl.data.demo import opencell as opencell_demo
+from channel_ssl.data.demo.sources import make_demo_source
 from channel_ssl.data.preprocess import square_resize
+from channel_ssl.data.readers import cellpainting, hpa, opencell, wtc
 from channel_ssl.data.shards import ShardStore, load_manifest
 from channel_ssl.data.sources import channels_to_uint8, reader_of
 from channel_ssl.errors import UserError
@@ -146,7 +147,7 @@ def test_opencell_keeps_protein_and_nucleus(prepared):
 
 
 def test_opencell_rejects_misaligned_labels(tmp_path):
-    opencell.make_demo(tmp_path, seed=0, n_images=6, n_files=1, image_size=8)
+    opencell_demo.make_demo(tmp_path, seed=0, n_images=6, n_files=1, image_size=8)
     table = pd.read_csv(tmp_path / "Label_data00.csv")
     table.iloc[:-1].to_csv(tmp_path / "Label_data00.csv", index=False)
     with pytest.raises(

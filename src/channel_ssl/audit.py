@@ -268,16 +268,32 @@ def downstream_outputs(results_dir: str, paths: list[str]) -> list[str]:
     return sorted(seen - {os.path.normpath(p) for p in paths})
 
 
+def stale_outputs(results_dir: str, changed: list[str]) -> list[str]:
+    """What re-making ``changed`` re-makes too: the other outputs of the steps that wrote them
+    (a step writes all its outputs again, e.g. evaluate-run its score and feature files) and
+    everything computed from any of those."""
+    changed_set = {os.path.normpath(p) for p in changed}
+    siblings: set[str] = set()
+    for rp in glob.glob(os.path.join(results_dir, "**", f"*{SUFFIX}"), recursive=True):
+        outs = {os.path.normpath(o["path"]) for o in (read_record(rp) or {}).get("outputs", [])}
+        if outs & changed_set:
+            siblings |= outs
+    siblings -= changed_set
+    stale = siblings | set(downstream_outputs(results_dir, [*changed_set, *siblings]))
+    return sorted(stale - changed_set)
+
+
 def set_aside_changed(results_dir: str) -> list[tuple[str, str]]:
     """Rename outputs that no longer match their records, and everything computed from them.
 
-    A changed output becomes ``<path>.changed-<sha12>``; results computed from it become
-    ``<path>.stale-<sha12>``. Nothing is deleted, and because the files are now missing the
-    workflow re-makes them (and only them). Returns ``(path, new name)`` pairs.
+    A changed output becomes ``<path>.changed-<sha12>``; what is re-made with it or computed
+    from it (:func:`stale_outputs`) becomes ``<path>.stale-<sha12>``. Nothing is deleted, and
+    because the files are now missing the workflow re-makes them (and only them). Returns
+    ``(path, new name)`` pairs.
     """
     changed = changed_outputs(results_dir)
     moved = []
-    for kind, paths in (("changed", changed), ("stale", downstream_outputs(results_dir, changed))):
+    for kind, paths in (("changed", changed), ("stale", stale_outputs(results_dir, changed))):
         for path in paths:
             if os.path.exists(path):
                 aside = f"{path}.{kind}-{sha256_file(path)[:12]}"

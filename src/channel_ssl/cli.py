@@ -1,7 +1,8 @@
 """The ``channel-ssl`` command: one subcommand per workflow step.
 
 Every command is declared once, in ``COMMANDS`` below (name, module, one-line help); its
-module defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported lazily
+module defines ``add_arguments(parser)``, ``run(args) -> int`` and, when it writes files,
+``step_io(args)``: what it read and wrote, for the outputs' provenance records. Modules are imported lazily
 so ``channel-ssl --help`` does not pay for importing torch.
 """
 
@@ -11,11 +12,12 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 
 from channel_ssl.errors import UserError
 from channel_ssl.progress import setup_logging
-from channel_ssl.provenance import now, write_records
-from channel_ssl.step_io import STEP_IO
+from channel_ssl.provenance import StepIO, now, write_records
+from channel_ssl.step_io_own_data import OWN_DATA_STEP_IO
 
 # command name -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,11 +25,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "channel_ssl.config",
         "validate a workflow config file and print it with defaults",
     ),
-    "make-demo-chammi": ("channel_ssl.data.demo_chammi", "generate the demo CHAMMI dataset"),
+    "make-demo-chammi": ("channel_ssl.data.demo.chammi", "generate the demo CHAMMI dataset"),
     "download-chammi": ("channel_ssl.data.download", "download and verify CHAMMI from Zenodo"),
     "preprocess": ("channel_ssl.data.preprocess", "turn a source into shards + manifest"),
     "make-demo-source": (
-        "channel_ssl.data.demo_sources",
+        "channel_ssl.data.demo.sources",
         "generate a demo copy of a source in its native layout",
     ),
     "prepare-source": (
@@ -96,6 +98,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def declaration_of(command: str, module) -> Callable[..., StepIO] | None:
+    """``command``'s ``step_io(args)`` (what it read and wrote): its module's own, else the
+    ``own_data`` declarations; None for a command that writes no record."""
+    return getattr(module, "step_io", None) or OWN_DATA_STEP_IO.get(command)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only ``command``'s module is imported to add its arguments."""
     parser = argparse.ArgumentParser(
@@ -121,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     start = now()
     try:
         status = int(module.run(args) or 0)
-        if status == 0 and args.command in STEP_IO:
-            # Every output gets a provenance record beside it (channel_ssl.provenance).
-            write_records(args.command, argv, args, STEP_IO[args.command](args), start)
+        declare = declaration_of(args.command, module)
+        if status == 0 and declare is not None:
+            # Every output gets a provenance record beside it (channel_ssl.provenance), made
+            # from what the command declares it read and wrote.
+            write_records(args.command, argv, args, declare(args), start)
         return status
     except (UserError, FileNotFoundError, ValueError, KeyError) as exc:
         # Errors about the user's input name the file/row/key; no traceback needed.

@@ -44,6 +44,7 @@ from channel_ssl.atomic import atomic_path, write_table
 from channel_ssl.data.shards import load_manifest
 from channel_ssl.errors import UserError
 from channel_ssl.npy import load_npy
+from channel_ssl.provenance import StepIO
 
 FIGURES = ("figure3", "figure4")
 ALL_CHANNELS_COLOUR = "tab:blue"
@@ -355,3 +356,12 @@ def run(args: argparse.Namespace) -> int:
     png, csv = save_figure(fig, table, args.out)
     log.info("wrote %s and %s (%d images)", png, csv, n)
     return 0
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    inputs = [args.features, args.manifest]
+    if args.features_subset:
+        inputs.append(args.features_subset)
+    out = Path(args.out)
+    return StepIO(inputs=inputs, outputs=[str(out)], members=[str(out.with_suffix(".csv"))])

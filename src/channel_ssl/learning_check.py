@@ -36,7 +36,7 @@ import pandas as pd
 from channel_ssl import registry
 from channel_ssl.atomic import write_text as atomic_write_text
 from channel_ssl.config import load_config
-from channel_ssl.data.chammi import DATASETS
+from channel_ssl.data.readers.chammi import DATASETS
 from channel_ssl.errors import UserError
 
 log = logging.getLogger("channel_ssl.learning_check")
@@ -90,7 +90,7 @@ def run_config(check: CheckRun, config: dict) -> dict:
 def prepare_data(out: Path, config: dict) -> dict:
     """Demo CHAMMI at ``learning.demo_scale``, shards, corpora; skips what already exists."""
     from channel_ssl.data.corpus import assemble_corpus
-    from channel_ssl.data.demo_chammi import DemoParams, generate_demo
+    from channel_ssl.data.demo.chammi import DemoParams, generate_demo
     from channel_ssl.data.preprocess import preprocess_dataset
 
     root = out / "data" / "chammi"

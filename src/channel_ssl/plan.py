@@ -42,7 +42,16 @@ BYTES_PER_GB = 1e9
 @cache
 def source_channels(source: str) -> float:
     """Channels per image of a source (CHAMMI: the mean over its three datasets)."""
-    from channel_ssl.data import cellpainting, chammi, cyclops, hpa, jumpcp, meterml, opencell, wtc
+    from channel_ssl.data.readers import (
+        cellpainting,
+        chammi,
+        cyclops,
+        hpa,
+        jumpcp,
+        meterml,
+        opencell,
+        wtc,
+    )
 
     fixed = {
         "hpa_fov": len(hpa.CHANNELS),

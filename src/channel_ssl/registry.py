@@ -2,6 +2,10 @@
 
 Targets, tables and the whole DAG are derived from here; nothing else lists runs. Run names
 follow ``P-<model>-<size>[-<dataset>]`` (docs/paper.md section 1).
+
+One concept, kept in one module although it is over 500 lines: most of it is the declarations
+themselves (every source, corpus, run, table and figure), and the lookups and
+derivations below them (``run_config``, ``probe_plan``, ...) read only these declarations.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # The CHAMMI datasets, as the workflow names them (Allen = WTC, HPA, CP).
-from channel_ssl.data.chammi import DATASETS as CHAMMI_DATASETS  # noqa: F401
+from channel_ssl.data.readers.chammi import DATASETS as CHAMMI_DATASETS  # noqa: F401
 
 FAMILIES = ("boc", "cvit", "ha", "fixed")
 OBJECTIVES = ("dino", "dinov1", "mae")
@@ -35,7 +39,7 @@ class Source:
     description: str
     obtain: str = ""
     # "module:function" of its reader of the native layout (data/sources.py) and of the
-    # generator of its demo copy in that layout (data/demo_sources.py); imported on use
+    # generator of its demo copy in that layout (data/demo/sources.py); imported on use
     reader: str = ""
     demo: str = ""
 
@@ -113,7 +117,7 @@ class Row:
 @dataclass(frozen=True)
 class Table:
     """A paper table: its reproduced rows. Its title and printed values are in
-    ``resources/paper_tables.yaml`` (``render_tables.load_paper_tables``), declared once."""
+    ``resources/paper_tables.yaml`` (``paper_tables.load_paper_tables``), declared once."""
 
     name: str
     rows: tuple[Row, ...] = field(default_factory=tuple)
@@ -145,88 +149,88 @@ SOURCES: dict[str, Source] = {
             "hpa_fov",
             "HPA field-of-view images",
             "EBI BioImage Archive S-BIAD2443",
-            reader="channel_ssl.data.hpa:prepare_fov",
-            demo="channel_ssl.data.hpa:make_demo_fov",
+            reader="channel_ssl.data.readers.hpa:prepare_fov",
+            demo="channel_ssl.data.demo.hpa:make_demo_fov",
         ),
         Source(
             "hpa_single_cell",
             "hpa_single_cell",
             "HPA single cells",
             "S-BIAD2443 masked single-cell folders and CSVs",
-            reader="channel_ssl.data.hpa:prepare_single_cell",
-            demo="channel_ssl.data.hpa:make_demo_single_cell",
+            reader="channel_ssl.data.readers.hpa:prepare_single_cell",
+            demo="channel_ssl.data.demo.hpa:make_demo_single_cell",
         ),
         Source(
             "wtc",
             "wtc",
             "WTC-11 hiPSC single cells",
             "allencell quilt package (HTTPS)",
-            reader="channel_ssl.data.wtc:prepare",
-            demo="channel_ssl.data.wtc:make_demo",
+            reader="channel_ssl.data.readers.wtc:prepare",
+            demo="channel_ssl.data.demo.wtc:make_demo",
         ),
         Source(
             "opencell",
             "opencell",
             "OpenCell crops",
             "cytoself Google Drive files",
-            reader="channel_ssl.data.opencell:prepare",
-            demo="channel_ssl.data.opencell:make_demo",
+            reader="channel_ssl.data.readers.opencell:prepare",
+            demo="channel_ssl.data.demo.opencell:make_demo",
         ),
         Source(
             "cellpainting",
             "cellpainting",
             "Cell Painting single cells",
             "cpg0019 (S3, CC0)",
-            reader="channel_ssl.data.cellpainting:prepare",
-            demo="channel_ssl.data.cellpainting:make_demo",
+            reader="channel_ssl.data.readers.cellpainting:prepare",
+            demo="channel_ssl.data.demo.cellpainting:make_demo",
         ),
         Source(
             "jumpcp",
             "jumpcp",
             "JUMP-CP, 8 channels",
             "insitro-research-2023-context-vit S3",
-            reader="channel_ssl.data.jumpcp:prepare",
-            demo="channel_ssl.data.jumpcp:make_demo",
+            reader="channel_ssl.data.readers.jumpcp:prepare",
+            demo="channel_ssl.data.demo.jumpcp:make_demo",
         ),
         Source(
             "jumpcp_5ch",
             "jumpcp",
             "JUMP-CP, 5 fluorescence channels",
             "as jumpcp",
-            reader="channel_ssl.data.jumpcp:prepare_5ch",
-            demo="channel_ssl.data.jumpcp:make_demo",
+            reader="channel_ssl.data.readers.jumpcp:prepare_5ch",
+            demo="channel_ssl.data.demo.jumpcp:make_demo",
         ),
         Source(
             "cyclops",
             "cyclops",
             "Cyclops yeast (2 channels, 16 classes)",
             _KAGGLE,
-            reader="channel_ssl.data.cyclops:prepare",
-            demo="channel_ssl.data.cyclops:make_demo",
+            reader="channel_ssl.data.readers.cyclops:prepare",
+            demo="channel_ssl.data.demo.cyclops:make_demo",
         ),
         Source(
             "meterml_naip",
             "meterml",
             "Meter-ML, NAIP bands",
             "Meter-ML project page",
-            reader="channel_ssl.data.meterml:prepare_naip",
-            demo="channel_ssl.data.meterml:make_demo",
+            reader="channel_ssl.data.readers.meterml:prepare_naip",
+            demo="channel_ssl.data.demo.meterml:make_demo",
         ),
         Source(
             "meterml_naip_s2",
             "meterml",
             "Meter-ML, NAIP + Sentinel-2 10 m",
             "as meterml_naip",
-            reader="channel_ssl.data.meterml:prepare_naip_s2",
-            demo="channel_ssl.data.meterml:make_demo",
+            reader="channel_ssl.data.readers.meterml:prepare_naip_s2",
+            demo="channel_ssl.data.demo.meterml:make_demo",
         ),
         Source(
             "meterml_all",
             "meterml",
             "Meter-ML, NAIP + Sentinel-2 + Sentinel-1",
             "as meterml_naip",
-            reader="channel_ssl.data.meterml:prepare_all",
-            demo="channel_ssl.data.meterml:make_demo",
+            reader="channel_ssl.data.readers.meterml:prepare_all",
+            demo="channel_ssl.data.demo.meterml:make_demo",
         ),
     ]
 }

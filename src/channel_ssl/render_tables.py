@@ -36,28 +36,29 @@ Output is a pure function of the inputs (no timestamps), so reruns are byte-iden
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from importlib import resources
-from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from channel_ssl.atomic import write_table, write_text
-from channel_ssl.data.extended_chammi import (
-    Discard,
-    SourceRules,
-    discarded_factors_text,
-    normalise,
-)
 from channel_ssl.errors import UserError
+from channel_ssl.paper_tables import (
+    NOT_APPLICABLE,
+    load_paper_tables,
+)
+from channel_ssl.provenance import StepIO
+from channel_ssl.table_values import (
+    composition_values,
+    merge_row_files,
+    parse_na_args,
+    parse_row_args,
+    split_selector,
+)
 
 log = logging.getLogger("channel_ssl.render_tables")
 
-KINDS = ("chammi", "columns", "composition")
 CSV_COLUMNS = [
     "table",
     "row",
@@ -69,305 +70,6 @@ CSV_COLUMNS = [
     "source_file",
     "note",
 ]
-NOT_APPLICABLE = "x"
-# composition column -> summary field (see channel_ssl.data.extended_chammi); the discarded
-# factors are worded by discarded_factors_text
-COMPOSITION_FIELDS = {
-    "Image type": "image_type",
-    "Kept": "kept",
-    "Total": "total",
-    "Channels": "n_channels",
-    "Discarded factors": "discarded",
-}
-
-# (value, file that gave it); value is a float, an int count, a text, or NOT_APPLICABLE
-Reproduced = dict[str, dict[str, tuple[float | int | str, str]]]
-
-
-def default_tables_path() -> Path:
-    return Path(str(resources.files("channel_ssl") / "resources" / "paper_tables.yaml"))
-
-
-def _check_composition(where: str, table: dict) -> None:
-    unknown = [c for c in table["columns"] if c not in COMPOSITION_FIELDS]
-    if unknown:
-        raise UserError(
-            f"{where}: composition column(s) {unknown} not among {list(COMPOSITION_FIELDS)}"
-        )
-    seen: set[str] = set()
-    for row in table["rows"]:
-        source = row.get("summary_source")
-        if not isinstance(source, str) or not source:
-            raise UserError(f"{where}: row {row.get('label')!r} has no summary_source")
-        if source in seen:
-            raise UserError(f"{where}: summary_source {source!r} is used by two rows")
-        seen.add(source)
-
-
-def _check_values(where: str, table: dict, row: dict) -> None:
-    label = row.get("label")
-    if len(row.get("values", [])) != len(table["columns"]):
-        raise UserError(
-            f"{where}: row {label!r} has {len(row.get('values', []))} values for {len(table['columns'])} columns"
-        )
-    for column, value in zip(table["columns"], row["values"], strict=True):
-        if column in table["text_columns"]:
-            if not isinstance(value, str):
-                raise UserError(
-                    f"{where}: row {label!r} column {column!r}: text column value {value!r} is not text"
-                )
-        elif not (
-            (isinstance(value, int | float) and not isinstance(value, bool))
-            or value == NOT_APPLICABLE
-        ):
-            raise UserError(
-                f"{where}: row {label!r} value {value!r} is neither a number nor {NOT_APPLICABLE!r}"
-            )
-
-
-def load_paper_tables(path: str | os.PathLike | None = None) -> dict[str, dict]:
-    """Read and check the paper-table yaml; returns table name -> table dict (see the yaml's schema)."""
-    path = Path(path) if path is not None else default_tables_path()
-    with open(path) as fh:
-        doc = yaml.safe_load(fh)
-    tables = doc.get("tables") if isinstance(doc, dict) else None
-    if not isinstance(tables, dict):
-        raise UserError(f"{path}: no 'tables' mapping")
-    for name, table in tables.items():
-        where = f"{path}: table {name}"
-        for key in ("title", "kind", "columns", "rows"):
-            if key not in table:
-                raise UserError(f"{where}: missing key {key!r}")
-        if table["kind"] not in KINDS:
-            raise UserError(f"{where}: kind {table['kind']!r} not one of {list(KINDS)}")
-        table.setdefault("row_attributes", [])
-        table.setdefault("notes", [])
-        table.setdefault("text_columns", [])
-        if table["text_columns"] and table["kind"] != "composition":
-            raise UserError(f"{where}: text_columns are only allowed in composition tables")
-        bad = sorted(set(table["text_columns"]) - set(table["columns"]))
-        if bad:
-            raise UserError(f"{where}: text_columns {bad} are not columns")
-        if table["kind"] == "composition":
-            _check_composition(where, table)
-        labels = set()
-        for row in table["rows"]:
-            label = row.get("label")
-            if label in labels:
-                raise UserError(f"{where}: row label {label!r} is not unique")
-            labels.add(label)
-            _check_values(where, table, row)
-            row.setdefault("cited", False)
-            row.setdefault("attributes", {})
-            row.setdefault("notes", {})
-            bad = sorted(set(row["notes"]) - set(table["columns"]))
-            if bad:
-                raise UserError(f"{where}: row {label!r} has notes for unknown column(s) {bad}")
-            if row["cited"] and not row.get("source"):
-                raise UserError(f"{where}: cited row {label!r} has no source")
-    return tables
-
-
-def split_selector(score_file: str | os.PathLike) -> tuple[str, str | None]:
-    """``path@SOURCE`` -> (path, SOURCE): the rows of a run's score file made on one source."""
-    text = str(score_file)
-    path, sep, source = text.rpartition("@")
-    if sep and source and "/" not in source:
-        return path, source
-    return text, None
-
-
-def reproduced_values(kind: str, score_file: str | os.PathLike) -> dict[str, float]:
-    """Column -> reproduced value (percent) from one score file (kind ``chammi`` or ``columns``).
-
-    ``path@SOURCE`` keeps the rows whose ``source`` is SOURCE (a run's score file holds the
-    probes of every source it was evaluated on, and two may fill the same table column).
-    """
-    file, source = split_selector(score_file)
-    path = Path(file)
-    if not path.exists():
-        raise FileNotFoundError(f"score file {path} does not exist")
-    scores = pd.read_csv(path)
-    if source is not None:
-        if "source" not in scores.columns:
-            raise UserError(f"score file {path} has no 'source' column to select {source!r} from")
-        scores = scores[scores["source"] == source]
-        if scores.empty:
-            raise UserError(f"score file {path} has no rows of source {source!r}")
-    if kind == "chammi":
-        from channel_ssl.eval.eval_chammi import chammi_summary
-
-        try:
-            return chammi_summary(scores)
-        except UserError as exc:
-            raise UserError(f"{path}: {exc}") from exc
-    missing = [c for c in ("column", "value") if c not in scores.columns]
-    if missing:
-        raise UserError(f"score file {path} lacks column(s) {missing}")
-    names = scores["column"].astype(str)
-    if names.duplicated().any():
-        raise UserError(
-            f"score file {path} gives column {names[names.duplicated()].iloc[0]!r} more than once"
-        )
-    values = pd.to_numeric(scores["value"], errors="coerce")
-    if values.isna().any():
-        bad = names[values.isna()].iloc[0]
-        raise UserError(f"score file {path}: column {bad!r} has no numeric value")
-    return {c: float(v) for c, v in zip(names, values, strict=True)}
-
-
-def _reproducible_row(arg: str, label: str, table_name: str, table: dict) -> None:
-    by_label = {row["label"]: row for row in table["rows"]}
-    if label not in by_label:
-        raise UserError(
-            f"{arg} {label!r} is not a row of {table_name}; valid labels: {list(by_label)}"
-        )
-    if by_label[label]["cited"]:
-        raise UserError(
-            f"{arg} {label!r}: {table_name} cites this row from other work; it is not reproduced"
-        )
-
-
-def parse_row_args(row_args: Iterable[str], table_name: str, table: dict) -> dict[str, list[str]]:
-    """``["LABEL=path", ...]`` -> {label: [paths in given order]}; labels must be reproducible rows.
-
-    A label may come several times (one score file per evaluation task), a file only once per label.
-    """
-    out: dict[str, list[str]] = {}
-    for arg in row_args:
-        label, sep, path = arg.partition("=")
-        label = label.strip()
-        if not sep or not path:
-            raise UserError(f"--row {arg!r}: expected LABEL=SCORE_FILE")
-        _reproducible_row("--row", label, table_name, table)
-        if path in out.get(label, []):
-            raise UserError(f"--row {label!r}={path} given twice")
-        out.setdefault(label, []).append(path)
-    return out
-
-
-def parse_na_args(na_args: Iterable[str], table_name: str, table: dict) -> set[tuple[str, str]]:
-    """``["LABEL=COLUMN", ...]`` -> {(label, column)}: cells not applicable in this build."""
-    out: set[tuple[str, str]] = set()
-    for arg in na_args:
-        label, sep, column = arg.partition("=")
-        label, column = label.strip(), column.strip()
-        if not sep or not column:
-            raise UserError(f"--na {arg!r}: expected LABEL=COLUMN")
-        _reproducible_row("--na", label, table_name, table)
-        if column not in table["columns"]:
-            raise UserError(
-                f"--na {arg!r}: {column!r} is not a column of {table_name}; "
-                f"valid columns: {table['columns']}"
-            )
-        out.add((label, column))
-    return out
-
-
-def merge_row_files(table_name: str, table: dict, label: str, files: list[str]) -> Reproduced:
-    """Column -> (value, file) of one row merged from its score files (one per evaluation task).
-
-    A score file may carry columns of other tables too (one evaluation of a source serves
-    every table that uses it); they are skipped. Raises UserError for a file that gives none of
-    the table's columns (a misnamed column), a column given by two files (naming both), or a
-    CHAMMI score file short of a column.
-    """
-    merged: dict[str, tuple[float, str]] = {}
-    for path in files:
-        values = reproduced_values(table["kind"], path)
-        if not any(c in table["columns"] for c in values):
-            raise UserError(
-                f"score file {path} (row {label!r}) gives none of the columns of {table_name} "
-                f"(it gives {sorted(values)}); valid columns: {table['columns']}"
-            )
-        values = {c: v for c, v in values.items() if c in table["columns"]}
-        if table["kind"] == "chammi":
-            missing = [c for c in table["columns"] if c not in values]
-            if missing:
-                raise UserError(
-                    f"score file {path} gives no value for column(s) {missing} of {table_name}"
-                )
-        for column, value in values.items():
-            if column in merged:
-                raise UserError(
-                    f"row {label!r} of {table_name}: column {column!r} is given by both "
-                    f"{merged[column][1]} and {path}"
-                )
-            # the cell's source file is a path the audit can follow (no @SOURCE selector)
-            merged[column] = (value, split_selector(path)[0])
-    return merged
-
-
-def _ordered_found(entry: dict) -> list[str]:
-    """The discarded values found, in the rule's order (the paper's), not alphabetically."""
-    order = [normalise(v) for v in entry.get("values", [])]
-    rank = {n: i for i, n in enumerate(order)}
-    return sorted(entry["found"], key=lambda v: (rank.get(normalise(v), len(order)), v))
-
-
-def composition_values(summary_file: str | os.PathLike, table_name: str, table: dict) -> Reproduced:
-    """Row label -> column -> (value, summary file) from an ExtendedCHAMMI summary JSON.
-
-    Kept/Total/Channels are the numbers assembled, Image type the source's, Discarded factors the
-    text of the discarded values actually found (:func:`discarded_factors_text`). Rows whose
-    ``summary_source`` is absent from the summary are not reproduced.
-    """
-    path = Path(summary_file)
-    if not path.exists():
-        raise FileNotFoundError(f"summary file {path} does not exist")
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"summary file {path} is not JSON: {exc}") from exc
-    if not isinstance(summary, dict) or summary.get("mode") != "extended_chammi":
-        raise UserError(
-            f"summary file {path} is not an ExtendedCHAMMI summary (mode "
-            f"{summary.get('mode') if isinstance(summary, dict) else None!r}, expected "
-            "'extended_chammi'; written by assemble-corpus --extended-chammi)"
-        )
-    sources = summary.get("sources")
-    if not isinstance(sources, dict):
-        raise UserError(f"summary file {path} has no 'sources' mapping")
-    out: Reproduced = {}
-    for row in table["rows"]:
-        key = row["summary_source"]
-        if key not in sources:
-            log.info("%s: %s not in %s; row %r not reproduced", table_name, key, path, row["label"])
-            continue
-        entry = sources[key]
-        needed = [COMPOSITION_FIELDS[c] for c in table["columns"]]
-        missing = [f for f in needed if f not in entry]
-        if missing:
-            raise UserError(f"summary file {path}: source {key!r} lacks key(s) {missing}")
-        values: dict[str, tuple[float | int | str, str]] = {}
-        for column in table["columns"]:
-            field = COMPOSITION_FIELDS[column]
-            if field == "discarded":
-                try:
-                    rules = SourceRules(
-                        entry.get("title", key),
-                        entry.get("image_type", ""),
-                        tuple(
-                            Discard(d["factor"], d["name"], tuple(d["values"]))
-                            for d in entry["discarded"]
-                        ),
-                    )
-                    found = [{"found": _ordered_found(d)} for d in entry["discarded"]]
-                except (KeyError, TypeError) as exc:
-                    raise UserError(
-                        f"summary file {path}: source {key!r} has a malformed 'discarded' "
-                        f"entry (needs factor, name, values, found): {exc!r}"
-                    ) from exc
-                value: float | int | str = discarded_factors_text(rules, found)
-            elif column in table["text_columns"]:
-                value = str(entry[field])
-            else:
-                value = int(entry[field])
-            values[column] = (value, str(summary_file))
-        out[row["label"]] = values
-    return out
-
-
 REFERENCE_NOTE = "reference row, not in the paper: scored with the same protocol"
 
 
@@ -684,3 +386,13 @@ def run(args: argparse.Namespace) -> int:
         reference=args.reference,
     )
     return 0
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    rows = list(args.row) + list(getattr(args, "reference", None) or [])
+    files = (split_selector(row.split("=", 1)[1])[0] for row in rows if "=" in row)
+    inputs = list(dict.fromkeys(files))
+    if getattr(args, "summary", None):
+        inputs.append(args.summary)
+    return StepIO(inputs=inputs, outputs=[args.out_csv, args.out_md])

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from channel_ssl.audit import changed_outputs, downstream_outputs, set_aside_changed
+from channel_ssl.audit import changed_outputs, set_aside_changed, stale_outputs
 from channel_ssl.errors import UserError
 
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> int:
         return 0
     if args.dry_run:
         changed = changed_outputs(args.results_dir)
-        stale = downstream_outputs(args.results_dir, changed)
+        stale = stale_outputs(args.results_dir, changed)
         for path in changed:
             print(f"changed: {path}", file=out)
         for path in stale:

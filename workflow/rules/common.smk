@@ -9,7 +9,7 @@ from channel_ssl.audit import changed_outputs
 from channel_ssl.environment import put_interpreter_on_path
 from channel_ssl.config import check_unknown_keys
 from channel_ssl.plan import probe_runtime_minutes, sizing
-from channel_ssl.render_tables import load_paper_tables
+from channel_ssl.paper_tables import load_paper_tables
 
 # one line per unknown key, before validate would print the whole schema
 check_unknown_keys(config)
@@ -95,6 +95,14 @@ def chammi_root():
     if config["chammi"]["source"] == "local":
         return config["chammi"]["root"]
     return res("data/chammi")
+
+
+def chammi_metadata(root=None):
+    """CHAMMI's three ``enriched_meta.csv`` under ``root`` (default: the configured root)."""
+    return [
+        os.path.join(root or chammi_root(), d, "enriched_meta.csv")
+        for d in CHAMMI_DATASETS
+    ]
 
 
 def dataset_root(path):
@@ -185,6 +193,62 @@ def chammi_features(wildcards):
     }
 
 
+def chammi_root_of_input(wildcards, input):
+    """The CHAMMI root of a scoring job's metadata input."""
+    return dataset_root(input.meta[0])
+
+
+def chammi_features_dir(wildcards, input):
+    """The root of a scoring job's CHAMMI feature files (``<dir>/<dataset>/<recipe>.npy``)."""
+    return dataset_root(input.Allen)
+
+
+def chammi_extract_views(wildcards, input, output):
+    """One ``--manifest --metadata --out-dir`` triple per CHAMMI dataset, for extract."""
+    return " ".join(
+        f"--manifest {m} --metadata {meta} --out-dir {os.path.dirname(out)}"
+        for m, meta, out in zip(
+            input.manifests, input.meta, output[:: len(registry.CHAMMI_RECIPES)]
+        )
+    )
+
+
+# The resources of a job that runs a backbone over whole datasets (extract, evaluate-run)
+EXTRACT_THREADS = config["resources"]["extract"]["threads"]
+
+
+def extract_resources(**overrides):
+    extract = config["resources"]["extract"]
+    return {
+        "gpu": extract["gpus_per_node"],
+        "mem_mb": extract["mem_mb"],
+        "runtime": extract["runtime"],
+        "cpus_per_task": extract["threads"],
+        **overrides,
+    }
+
+
+# The linear-probe sweep's options (config linear_probe, seed): one object for every rule
+# that trains probes; the batch-size flag is named per command.
+PROBE_OPTIONS = {
+    "n-classifiers": config["linear_probe"]["n_classifiers"],
+    "lr-min": config["linear_probe"]["lr_min"],
+    "lr-max": config["linear_probe"]["lr_max"],
+    "epochs": config["linear_probe"]["epochs"],
+    "batch-size": config["linear_probe"]["batch_size"],
+    "val-fraction": config["linear_probe"]["val_fraction"],
+    "weight-decay": config["linear_probe"]["weight_decay"],
+    "seed": config["seed"],
+}
+
+
+def probe_args(batch_flag):
+    return " ".join(
+        f"--{batch_flag if flag == 'batch-size' else flag} {value}"
+        for flag, value in PROBE_OPTIONS.items()
+    )
+
+
 def probe_manifests(wildcards):
     return [manifest_path(src) for src, _ in registry.probe_plan(wildcards.run)]
 
@@ -203,14 +267,19 @@ def probe_protocol(source):
     }
 
 
+def probe_features_dir(run):
+    """Where evaluate-run writes ``<source>/<recipe>.npy`` of every source it probes."""
+    return res(f"features/{run}/probe")
+
+
 def probe_plan_json(wildcards):
     """The evaluate-run plan: each source's manifest, feature file, probes and protocol."""
     plan = []
     for src, probes in registry.probe_plan(wildcards.run):
         item = {
             "manifest": manifest_path(src),
-            "features": res(
-                f"features/{wildcards.run}/{src}/{registry.PROBE_RECIPE}.npy"
+            "features": os.path.join(
+                probe_features_dir(wildcards.run), src, f"{registry.PROBE_RECIPE}.npy"
             ),
             "probes": probes,
         }
@@ -218,6 +287,21 @@ def probe_plan_json(wildcards):
             item["protocol"] = probe_protocol(src)
         plan.append(item)
     return json.dumps(plan)
+
+
+def split_view(view):
+    """A figure view ``<source>[-ch<digits>]`` -> (source, channel digits or None)."""
+    source, _, channels = view.partition("-ch")
+    return source, channels or None
+
+
+def figure_view_manifest(wildcards):
+    return manifest_path(split_view(wildcards.view)[0])
+
+
+def figure_view_channels(wildcards):
+    channels = split_view(wildcards.view)[1]
+    return "--channels " + ",".join(channels) if channels else ""
 
 
 def row_score_files(row, select=False):

@@ -7,9 +7,7 @@ if config["chammi"]["source"] == "demo":
 
     rule demo_chammi:
         output:
-            expand(
-                res("data/chammi/{dataset}/enriched_meta.csv"), dataset=CHAMMI_DATASETS
-            ),
+            chammi_metadata(res("data/chammi")),
         log:
             res("logs/data/demo_chammi.log"),
         conda:
@@ -26,9 +24,7 @@ elif config["chammi"]["source"] == "zenodo":
 
     rule download_chammi:
         output:
-            expand(
-                res("data/chammi/{dataset}/enriched_meta.csv"), dataset=CHAMMI_DATASETS
-            ),
+            chammi_metadata(res("data/chammi")),
         log:
             res("logs/data/download_chammi.log"),
         conda:
@@ -46,11 +42,7 @@ if DEMO:
 
     rule demo_source:
         input:
-            chammi=expand(
-                "{root}/{dataset}/enriched_meta.csv",
-                root=chammi_root(),
-                dataset=CHAMMI_DATASETS,
-            ),
+            chammi=chammi_metadata(),
         output:
             res("data/{raw}/DEMO_SOURCE.json"),
         log:
@@ -134,11 +126,7 @@ rule prepare_source:
 rule assemble_corpus:
     input:
         manifests=corpus_manifests,
-        chammi=expand(
-            "{root}/{dataset}/enriched_meta.csv",
-            root=chammi_root(),
-            dataset=CHAMMI_DATASETS,
-        ),
+        chammi=chammi_metadata(),
     output:
         res("corpora/{corpus}/corpus.parquet"),
     log:

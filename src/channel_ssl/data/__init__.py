@@ -1,1 +1,1 @@
-"""Data: demo generators, readers of each source's native layout, shards and manifests."""
+"""Data: readers of each source's native layout (``readers/``), demo generators (``demo/``), shards, manifests, corpora."""

@@ -38,6 +38,8 @@ from channel_ssl.atomic import write_json, write_table
 from channel_ssl.data.corpus_rows import BALANCE_MODES, relative_shard_dir, source_weights
 from channel_ssl.data.shards import MANIFEST_NAME, load_manifest
 from channel_ssl.errors import UserError
+from channel_ssl.provenance import StepIO
+from channel_ssl.step_io import manifest_file
 
 log = logging.getLogger("channel_ssl.corpus")
 
@@ -201,3 +203,14 @@ def run(args: argparse.Namespace) -> int:
     exclusions = [parse_exclusion(e) for e in args.exclude]
     assemble_corpus(args.manifest, args.out, args.splits, exclusions, args.balance)
     return 0
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    out = Path(args.out)
+    summary = out.with_name(out.stem + ".summary.json")
+    return StepIO(
+        inputs=[manifest_file(m) for m in args.manifest],
+        outputs=[str(out)],
+        members=[str(summary)] if summary.exists() else [],
+    )

@@ -243,7 +243,7 @@ def chammi_iid_identities(chammi_root: str | os.PathLike) -> dict[str, set[str]]
     Returns ``{"wtc": CellIds, "hpa_single_cell": cell ids, "hpa_fov": FOV ids,
     "cellpainting": cell keys}`` read from ``<chammi_root>/{Allen,HPA,CP}/enriched_meta.csv``.
     """
-    from channel_ssl.data.chammi import read_metadata
+    from channel_ssl.data.readers.chammi import read_metadata
 
     task_rows = {}
     for dataset in ("Allen", "HPA", "CP"):
@@ -256,23 +256,6 @@ def chammi_iid_identities(chammi_root: str | os.PathLike) -> dict[str, set[str]]
         "hpa_fov": {hpa_fov_of_cell(c) for c in task_rows["HPA"]},
         "cellpainting": set(task_rows["CP"]),
     }
-
-
-def chammi_cells(
-    dataset: str, seed: int = 0, chammi_root: str | os.PathLike | None = None
-) -> pd.DataFrame:
-    """CHAMMI metadata rows of ``dataset`` that a demo source copy should contain.
-
-    Read from ``chammi_root`` when given, else regenerated from the demo CHAMMI plan of ``seed``
-    (default size, no images drawn), which is what ``make-demo-chammi --seed SEED`` writes.
-    """
-    if chammi_root is not None:
-        from channel_ssl.data.chammi import read_metadata
-
-        return read_metadata(chammi_root, dataset)
-    from channel_ssl.data.demo_chammi import PLANNERS, DemoParams
-
-    return pd.DataFrame(PLANNERS[dataset](DemoParams(seed=seed)))
 
 
 def _read_manifests(paths: str | os.PathLike | list, out: Path) -> pd.DataFrame:

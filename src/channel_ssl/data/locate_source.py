@@ -21,6 +21,7 @@ from pathlib import Path
 
 from channel_ssl.atomic import write_json
 from channel_ssl.errors import UserError
+from channel_ssl.provenance import StepIO
 
 log = logging.getLogger("channel_ssl.sources")
 
@@ -113,3 +114,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     locate_source(args.source, args.raw_dir, args.out)
     return 0
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    # The real data is the user's: its location is recorded, its files are not hashed here.
+    return StepIO(outputs=[args.out], config={"source": args.source, "raw_dir": args.raw_dir})

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from channel_ssl.data.chammi import (
+from channel_ssl.data.readers.chammi import (
     DATASETS,
     channel_names,
     load_image,
@@ -36,6 +36,8 @@ from channel_ssl.data.chammi import (
 from channel_ssl.data.shards import MANIFEST_NAME, ShardWriter, write_manifest
 from channel_ssl.errors import UserError
 from channel_ssl.progress import ProgressLogger
+from channel_ssl.provenance import StepIO
+from channel_ssl.step_io import CHAMMI_METADATA, shards_of
 
 log = logging.getLogger("channel_ssl.preprocess")
 
@@ -181,3 +183,13 @@ def run(args: argparse.Namespace) -> int:
         args.chammi_root, args.dataset, args.out_dir, args.image_size, args.shard_size, args.workers
     )
     return 0
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    manifest = os.path.join(args.out_dir, "manifest.parquet")
+    return StepIO(
+        inputs=[os.path.join(args.chammi_root, args.dataset, CHAMMI_METADATA)],
+        outputs=[manifest],
+        members=shards_of(manifest),
+    )

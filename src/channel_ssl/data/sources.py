@@ -27,6 +27,8 @@ import pandas as pd
 
 from channel_ssl import registry
 from channel_ssl.errors import UserError
+from channel_ssl.provenance import StepIO
+from channel_ssl.step_io import shards_of
 
 log = logging.getLogger("channel_ssl.sources")
 
@@ -147,3 +149,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     reader_of(args.source)(args.raw_dir, args.out_dir, args.image_size, args.shard_size)
     return 0
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    manifest = os.path.join(args.out_dir, "manifest.parquet")
+    marker = [
+        os.path.join(args.raw_dir, name)
+        for name in ("DEMO_SOURCE.json", "SOURCE_LOCATION.json")
+        if os.path.exists(os.path.join(args.raw_dir, name))
+    ]
+    return StepIO(inputs=marker, outputs=[manifest], members=shards_of(manifest))

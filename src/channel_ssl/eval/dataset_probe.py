@@ -75,6 +75,8 @@ from channel_ssl.eval.metrics import (
     per_class_f1,
 )
 from channel_ssl.npy import load_npy
+from channel_ssl.provenance import StepIO
+from channel_ssl.step_io import manifest_file
 
 log = logging.getLogger("channel_ssl.eval.dataset_probe")
 
@@ -92,13 +94,13 @@ CYCLOPS_COLUMNS = {
 
 
 def _hpa_localisations() -> tuple[str, ...]:
-    from channel_ssl.data.hpa import LOCALISATIONS
+    from channel_ssl.data.readers.hpa import LOCALISATIONS
 
     return LOCALISATIONS
 
 
 def _meterml_classes() -> tuple[str, ...]:
-    from channel_ssl.data.meterml import CLASSES
+    from channel_ssl.data.readers.meterml import CLASSES
 
     return CLASSES
 
@@ -428,3 +430,8 @@ def run(args: argparse.Namespace) -> int:
     )
     write_table(args.out, scores)
     return 0
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    return StepIO(inputs=[args.features, manifest_file(args.manifest)], outputs=[args.out])

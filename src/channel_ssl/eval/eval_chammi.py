@@ -38,6 +38,7 @@ from sklearn.metrics import classification_report, f1_score
 from channel_ssl.atomic import write_json, write_table
 from channel_ssl.errors import UserError
 from channel_ssl.npy import load_npy
+from channel_ssl.step_io import chammi_scores
 
 log = logging.getLogger("channel_ssl.eval.knn")
 
@@ -433,3 +434,7 @@ def run(args: argparse.Namespace) -> int:
         "CHAMMI 1-NN summary (percent): %s", ", ".join(f"{k}={v:.1f}" for k, v in summary.items())
     )
     return 0
+
+
+# the CHAMMI features of one recipe and CHAMMI's metadata -> one score file
+step_io = chammi_scores

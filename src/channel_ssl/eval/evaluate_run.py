@@ -3,9 +3,9 @@
 One process does what ``extract`` (once per source) followed by ``probe-dataset`` (once per
 task) would do, so the backbone and the libraries load once per run instead of once per task:
 on a small machine the start-up of a PyTorch process costs more than a demo-sized
-evaluation. The lineage is unchanged: each feature file gets the record of an ``extract``
-step, and the run's score file the record of a ``probe-dataset`` step whose inputs are
-those feature files.
+evaluation. Its outputs are the run's score file and the feature file of every source of the
+plan (:func:`step_io`); each gets the step's provenance record, whose inputs are the
+checkpoint and the sources' manifests.
 
 The plan is JSON (``--plan``): a list of sources, each
 ``{"manifest": path, "features": path, "probes": [[task, [column, ...]], ...]}``, optionally
@@ -27,8 +27,6 @@ import argparse
 import json
 import logging
 import os
-import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +47,7 @@ from channel_ssl.eval.dataset_probe import probe_dataset
 from channel_ssl.eval.extract import extract_features, resolve_device
 from channel_ssl.eval.features import check_recipes
 from channel_ssl.eval.linear_probe import add_probe_arguments, probe_config_from_args
-from channel_ssl.provenance import StepIO, now, write_records
+from channel_ssl.provenance import StepIO
 
 log = logging.getLogger("channel_ssl.evaluate_run")
 
@@ -111,16 +109,14 @@ def run(args: argparse.Namespace) -> int:
 
     plan = load_plan(args.plan)
     recipe = check_recipes([args.recipe])[0]
-    argv = sys.argv[1:]
     device = resolve_device(args.device)
     config = probe_config_from_args(args, "cpu" if device.type == "cpu" else "cuda")
 
-    # 1. extraction, one "extract" step per source
+    # 1. extraction, one feature file per source
     backbone, run_config = load_backbone(args.checkpoint, which="teacher")
     family = run_config["model"]["family"]
     trainers = {}
     for i, item in enumerate(plan):
-        start = now()
         manifest = load_manifest(item["manifest"])
         store = ShardStore(Path(item["manifest"]).parent)
         protocol = item.get("protocol")
@@ -153,26 +149,8 @@ def run(args: argparse.Namespace) -> int:
         )
         save_npy(item["features"], feats[recipe])
         log.info("wrote %s %s", item["features"], feats[recipe].shape)
-        params = argparse.Namespace(
-            checkpoint=args.checkpoint,
-            manifest=item["manifest"],
-            out_dir=os.path.dirname(item["features"]),
-            recipes=recipe,
-            crop_size=crop_size,
-            protocol=None if protocol is None else asdict(protocol),
-            batch_size=args.batch_size,
-            which="teacher",
-        )
-        write_records(
-            "extract",
-            argv,
-            params,
-            StepIO(inputs=[args.checkpoint, item["manifest"]], outputs=[item["features"]]),
-            start,
-        )
 
-    # 2. the probes: one "probe-dataset" step reading those feature files
-    start = now()
+    # 2. the probes, on those feature files
     tables = []
     for i, item in enumerate(plan):
         for task, columns in item["probes"]:
@@ -198,14 +176,13 @@ def run(args: argparse.Namespace) -> int:
                 ),
             )
     write_table(args.scores_out, pd.concat(tables, ignore_index=True))
-    probe_settings = {k: v for k, v in asdict(config).items() if k not in ("device", "trainer")}
-    plan_record = [
-        {**item, "protocol": asdict(item["protocol"])} if "protocol" in item else item
-        for item in plan
-    ]
-    params = argparse.Namespace(plan=plan_record, **probe_settings)
-    inputs = [i["features"] for i in plan] + [i["manifest"] for i in plan]
-    write_records(
-        "probe-dataset", argv, params, StepIO(inputs=inputs, outputs=[args.scores_out]), start
-    )
     return 0
+
+
+def step_io(args: argparse.Namespace) -> StepIO:
+    """What this step read and wrote: the score file and every source's feature file."""
+    plan = load_plan(args.plan)
+    return StepIO(
+        inputs=[args.checkpoint, *(item["manifest"] for item in plan)],
+        outputs=[args.scores_out, *(item["features"] for item in plan)],
+    )

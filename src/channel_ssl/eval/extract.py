@@ -45,6 +45,8 @@ from channel_ssl.eval.features import (
     n_last_blocks_needed,
 )
 from channel_ssl.progress import ProgressLogger
+from channel_ssl.provenance import StepIO
+from channel_ssl.step_io import manifest_file
 
 log = logging.getLogger("channel_ssl.eval.extract")
 
@@ -299,3 +301,14 @@ def run(args: argparse.Namespace) -> int:
             save_npy(os.path.join(out_dir, f"{recipe}.npy"), array)
             log.info("wrote %s/%s.npy %s", out_dir, recipe, array.shape)
     return 0
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    inputs = [args.checkpoint] + [manifest_file(m) for m in args.manifest]
+    inputs += list(args.metadata or [])
+    return StepIO(
+        inputs=inputs,
+        outputs=[os.path.join(d, f"{r}.npy") for d in args.out_dir for r in recipes],
+    )

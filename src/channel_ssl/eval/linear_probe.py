@@ -52,6 +52,7 @@ from channel_ssl.eval.eval_chammi import (
 )
 from channel_ssl.eval.metrics import multilabel_present_f1
 from channel_ssl.progress import ProgressLogger
+from channel_ssl.step_io import chammi_scores
 
 log = logging.getLogger("channel_ssl.eval.linear_probe")
 
@@ -409,3 +410,7 @@ def run(args: argparse.Namespace) -> int:
         ", ".join(f"{k}={v:.1f}" for k, v in summary.items()),
     )
     return 0
+
+
+# the CHAMMI features of one recipe and CHAMMI's metadata -> one score file
+step_io = chammi_scores

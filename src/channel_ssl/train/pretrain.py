@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -67,6 +68,7 @@ from channel_ssl.data.pretrain_batches import (
 )
 from channel_ssl.errors import UserError
 from channel_ssl.progress import IntervalMeans, ProgressLogger
+from channel_ssl.provenance import StepIO
 from channel_ssl.train.checkpoint import (
     newest_readable_checkpoint,
     periodic_checkpoint_path,
@@ -493,3 +495,15 @@ __all__ = [
     "teacher_entropy",
     "train",
 ]
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    text = args.run_config
+    if not text.lstrip().startswith("{"):
+        text = Path(text).read_text()
+    return StepIO(
+        inputs=[args.corpus] if args.corpus else [],
+        outputs=[os.path.join(args.out_dir, "checkpoint.pt")],
+        config=json.loads(text),
+    )

@@ -12,7 +12,7 @@ with the same code as the real data. Everything is a function of the seed.
 WTC, Cell Painting): their demo copies then contain the cells of that CHAMMI copy (same
 identities and factors), as the real sources contain the real CHAMMI cells, so the removal of
 CHAMMI's IID-task images from ExtendedCHAMMI has something to remove. Without it they
-regenerate the demo CHAMMI plan of the same seed (:mod:`channel_ssl.data.demo_chammi`).
+regenerate the demo CHAMMI plan of the same seed (:mod:`channel_ssl.data.demo.chammi`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import os
 from channel_ssl import registry
 from channel_ssl.atomic import write_json
 from channel_ssl.data.sources import resolve
+from channel_ssl.provenance import StepIO
+from channel_ssl.step_io import chammi_metadata, files_under
 
 # source (and raw directory) name -> "module:function" of its demo generator, as each source
 # declares it in the registry; sources sharing a raw directory share its generator
@@ -69,3 +71,10 @@ def run(args: argparse.Namespace) -> int:
         {"source": args.source, "seed": args.seed, "scale": args.scale, "demo": True},
     )
     return 0
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    marker = os.path.join(args.out, "DEMO_SOURCE.json")
+    inputs = chammi_metadata(args.chammi_root) if args.chammi_root else []
+    return StepIO(inputs=inputs, outputs=[marker], members=files_under(args.out, {marker}))
