@@ -62,6 +62,11 @@ def _known_paths(schema: dict, prefix: str = "") -> list[str]:
 
 
 def _unknown(instance, schema: dict, prefix: str, everywhere: list[str], out: list[str]) -> None:
+    if isinstance(instance, list) and isinstance(schema, dict):
+        # a list of objects (user_datasets): each item by its index, user_datasets[0].name
+        for index, item in enumerate(instance):
+            _unknown(item, schema.get("items"), f"{prefix[:-1]}[{index}].", everywhere, out)
+        return
     if not isinstance(instance, dict) or not isinstance(schema, dict):
         return
     props = schema.get("properties") or {}

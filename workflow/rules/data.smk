@@ -134,10 +134,15 @@ rule prepare_source:
 rule assemble_corpus:
     input:
         manifests=corpus_manifests,
-        chammi=expand(
-            "{root}/{dataset}/enriched_meta.csv",
-            root=chammi_root(),
-            dataset=CHAMMI_DATASETS,
+        # ExtendedCHAMMI's exclusion rules read CHAMMI's metadata; other corpora do not
+        chammi=lambda w: (
+            expand(
+                "{root}/{dataset}/enriched_meta.csv",
+                root=chammi_root(),
+                dataset=CHAMMI_DATASETS,
+            )
+            if registry.corpus(w.corpus).extended
+            else []
         ),
     output:
         res("corpora/{corpus}/corpus.parquet"),
