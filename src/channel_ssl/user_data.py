@@ -205,11 +205,8 @@ def user_runs(
     """The config's ``user_runs`` as registry runs, and the corpora they pretrain on."""
     runs: dict[str, registry.Run] = {}
     corpora: dict[str, registry.Corpus] = {}
-    taken = {*registry.RUNS, *registry.REFERENCE_RUNS}
     for name, spec in config["user_runs"].items():
         key = f"user_runs.{name}"
-        if name in taken:
-            raise UserError(f"config {key}: {name!r} is the name of a registry run; choose another")
         sources = tuple(spec["corpus"])
         for source in sources:
             if source not in datasets and source not in registry.SOURCES:
@@ -242,7 +239,7 @@ def user_runs(
             description=f"train split of {', '.join(sources)} (config user_runs)",
         )
         corpora[corpus.name] = corpus
-        runs[name] = registry.Run(
+        run = registry.Run(
             name,
             spec["family"],
             spec["size"],
@@ -253,6 +250,10 @@ def user_runs(
             in_chans=in_chans,
             description=spec["description"] or f"config user_runs: {name}",
         )
+        # a name the registry already declares; the same run registered before is no clash
+        if registry.RUNS.get(name, run) != run or name in registry.REFERENCE_RUNS:
+            raise UserError(f"config {key}: {name!r} is the name of a registry run; choose another")
+        runs[name] = run
     return runs, corpora
 
 
