@@ -181,6 +181,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from channel_ssl.user_data import register
+
     config = load_config(args.configfile)
+    # user_datasets / user_runs: their tables, columns and names, as the workflow checks them
+    register(config)
     print(yaml.safe_dump(config, sort_keys=True), end="")
     return 0

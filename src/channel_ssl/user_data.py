@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -273,7 +273,7 @@ def _with_runs(
                     f"config {dataset.key}.evaluate.runs: unknown run {run!r}; runs: registry "
                     f"runs, reference runs ({', '.join(registry.REFERENCE_RUNS)}) or user_runs"
                 )
-    return UserDataset(**{**dataset.__dict__, "runs": chosen})
+    return replace(dataset, runs=chosen)
 
 
 def register(config: dict) -> dict[str, UserDataset]:
