@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from channel_ssl import plan, registry, user_data
+from channel_ssl.cli import main as cli_main
 from channel_ssl.config import validate_config
 from channel_ssl.errors import UserError
 from channel_ssl.own_data.demo_images import CHANNELS, write_demo_images
@@ -196,6 +197,15 @@ def test_unknown_and_invalid_keys_of_an_entry_are_named(cells):
         validate_config(_config([entry]))
     with pytest.raises(UserError, match=r"at 'user_datasets.0.name': 'My Cells' does not match"):
         validate_config(_config([_entry(cells, name="My Cells")]))
+
+
+def test_check_config_checks_user_datasets_as_the_workflow(
+    cells, tmp_path, capsys, own_registry, root_logging
+):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_config([_entry(cells, columns={"group": "plaate"})])))
+    assert cli_main(["check-config", str(path)]) == 2
+    assert "user_datasets[0].columns.group" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------ end to end
