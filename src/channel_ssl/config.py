@@ -62,6 +62,11 @@ def _known_paths(schema: dict, prefix: str = "") -> list[str]:
 
 
 def _unknown(instance, schema: dict, prefix: str, everywhere: list[str], out: list[str]) -> None:
+    if isinstance(instance, list) and isinstance(schema, dict):
+        # a list of objects (user_datasets): each item by its index, user_datasets[0].name
+        for index, item in enumerate(instance):
+            _unknown(item, schema.get("items"), f"{prefix[:-1]}[{index}].", everywhere, out)
+        return
     if not isinstance(instance, dict) or not isinstance(schema, dict):
         return
     props = schema.get("properties") or {}
@@ -176,6 +181,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from channel_ssl.user_data import register
+
     config = load_config(args.configfile)
+    # user_datasets / user_runs: their tables, columns and names, as the workflow checks them
+    register(config)
     print(yaml.safe_dump(config, sort_keys=True), end="")
     return 0

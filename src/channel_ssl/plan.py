@@ -69,6 +69,8 @@ def source_channels(source: str) -> float:
         return float(len(meterml.channels_of(source)))
     if source == "chammi":
         return sum(len(c) for c in chammi.CHANNELS.values()) / len(chammi.CHANNELS)
+    if source in registry.USER_SOURCES:  # config user_datasets
+        return float(len(registry.USER_SOURCES[source]))
     raise KeyError(f"no channel count known for source {source!r}")
 
 

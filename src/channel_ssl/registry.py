@@ -659,3 +659,29 @@ def probe_plan(run_name: str) -> list[tuple[str, list[tuple[str, list[str]]]]]:
                 if p.column and p.column not in cols:
                     cols.append(p.column)
     return [(src, list(tasks.items())) for src, tasks in plan.items()]
+
+
+# Config-declared data and runs (config 'user_datasets' and 'user_runs', channel_ssl.user_data):
+# added by add_user_data when the workflow reads its config, beside the paper's declarations.
+USER_SOURCES: dict[str, tuple[str, ...]] = {}  # imported dataset -> its channel names
+
+
+def add_user_data(
+    sources: dict[str, tuple[str, ...]], corpora: dict[str, Corpus], runs: dict[str, Run]
+) -> None:
+    """Add user datasets (as corpus sources), their corpora and the runs pretraining on them.
+
+    A name already declared differently (a paper run, source or corpus) is a ValueError;
+    adding the same declarations again changes nothing.
+    """
+    for what, new, known in (
+        ("source", sources, {**{s: None for s in SOURCES}, **USER_SOURCES}),
+        ("corpus", corpora, CORPORA),
+        ("run", runs, {**RUNS, **REFERENCE_RUNS}),
+    ):
+        for name, value in new.items():
+            if name in known and known[name] != value:
+                raise ValueError(f"user {what} {name!r} clashes with the registry's {name!r}")
+    USER_SOURCES.update(sources)
+    CORPORA.update(corpora)
+    RUNS.update(runs)

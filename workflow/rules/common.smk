@@ -10,12 +10,16 @@ from channel_ssl.environment import put_interpreter_on_path
 from channel_ssl.config import check_unknown_keys
 from channel_ssl.plan import probe_runtime_minutes, sizing
 from channel_ssl.paper_tables import load_paper_tables
+from channel_ssl.user_data import register as register_user_data
 
 # one line per unknown key, before validate would print the whole schema
 check_unknown_keys(config)
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"]
+# config 'user_datasets' and 'user_runs', checked and added to the registry (before anything
+# reads it); rules in user_data.smk
+USER_DATASETS = register_user_data(config)
 # runs whose weights are given (config 'pretrained'), not trained here
 PRETRAINED = dict(config["pretrained"])
 for _run in PRETRAINED:

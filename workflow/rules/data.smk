@@ -126,7 +126,8 @@ rule prepare_source:
 rule assemble_corpus:
     input:
         manifests=corpus_manifests,
-        chammi=chammi_metadata(),
+        # ExtendedCHAMMI's exclusion rules read CHAMMI's metadata; other corpora do not
+        chammi=lambda w: chammi_metadata() if registry.corpus(w.corpus).extended else [],
     output:
         res("corpora/{corpus}/corpus.parquet"),
     log:
