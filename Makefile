@@ -32,8 +32,8 @@ test: venv
 test-e2e: venv
 	python -m pytest -m slow
 
-# Does pretraining learn? CPU-scale runs of every family against random init (25.7 min
-# measured on 2 shared cores);
+# Does pretraining learn? CPU-scale runs of every family against random init, two at a time
+# (49.5 min measured with the 2 cores at load ~12 from other jobs; 25.7 min sequentially);
 # exits 1 when a target is missed. Writes results/learning/summary.{csv,md}.
 learning-check: venv
 	channel-ssl learning-check --config config/learning.yaml --out results/learning --threads 1 --jobs $(CORES)
