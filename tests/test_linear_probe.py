@@ -228,7 +228,9 @@ def _separate_linears_reference(x, y, n_classes, config, multilabel):
         for lin in linears:
             lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * 0.01)
             lin.bias.zero_()
-    groups = [{"params": lin.parameters(), "lr": float(lr)} for lin, lr in zip(linears, lrs)]
+    groups = [
+        {"params": lin.parameters(), "lr": float(lr)} for lin, lr in zip(linears, lrs, strict=True)
+    ]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     batch = min(config.batch_size, len(x))
     total = config.epochs * math.ceil(len(x) / batch)
