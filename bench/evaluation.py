@@ -119,11 +119,9 @@ def probe_vs_sklearn(
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, n_classes, n_train + n_val)
-    # class signal in a 32-d subspace, the rest noise: neither probe separates it perfectly
-    signal = _gaussian_classes(rng, labels, 32, spread=2.0)
-    x = np.concatenate(
-        [signal, rng.standard_normal((len(labels), n_features - 32)).astype(np.float32)], axis=1
-    )
+    # Gaussian classes: centres of norm 2 in all dimensions, unit noise (neither probe
+    # separates them perfectly)
+    x = _gaussian_classes(rng, labels, n_features, spread=2.0)
     x_train, y_train, x_val, y_val = x[:n_train], labels[:n_train], x[n_train:], labels[n_train:]
     config = ProbeConfig()
 

@@ -2,7 +2,7 @@
 
 Every command is declared once, in ``COMMANDS`` below (name, module, one-line help); its
 module defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported lazily
-so ``channel-ssl --help`` does not pay for importing torch.
+so ``channel-ssl --help`` does not pay for importing torch (nor numpy and pandas).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import sys
 
 from channel_ssl.errors import UserError
 from channel_ssl.progress import setup_logging
-from channel_ssl.provenance import now, write_records
-from channel_ssl.step_io import STEP_IO
 
 # command name -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -117,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if a in COMMANDS), None)
     args = build_parser(command).parse_args(argv)
     setup_logging(args.log)
+    # imported after parsing: ``--help`` needs neither (they load numpy and pandas)
+    from channel_ssl.provenance import now, write_records
+    from channel_ssl.step_io import STEP_IO
+
     module = importlib.import_module(args._module)
     start = now()
     try:

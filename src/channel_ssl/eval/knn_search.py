@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 # queries per block of the similarity product: (block, R) float32 similarities at a time
 BLOCK = 1024
@@ -51,6 +50,8 @@ def nearest_rows(
         (Q,) int64 row indices (first maximum) and (Q,) bool: the lead over the second best
         visible row is at most :func:`decision_margin`, or the query sees fewer than two rows.
     """
+    import torch  # imported here: eval-chammi's other steps need no torch
+
     n_queries = len(queries)
     best = np.zeros(n_queries, dtype=np.int64)
     near_tie = np.ones(n_queries, dtype=bool)
