@@ -266,13 +266,14 @@ def train_probes(
     step = 0
     for _epoch in range(config.epochs):
         order = torch.randperm(n, generator=gen).to(device)
+        # the epoch's rows in its order, once: every mini-batch is then a contiguous slice
+        x_epoch, y_epoch = x[order], y[order]
         for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            xb, yb = x[idx], y[idx]
+            xb, yb = x_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
             grad_w, grad_b, loss = _probe_gradients(xb, yb, weight, bias, multilabel)
             # cosine schedule to 0, as LambdaLR(0.5 (1 + cos(pi s / total))) steps it
             optimizer.step([grad_w, grad_b], 0.5 * (1 + math.cos(math.pi * step / total)))
-            progress.step(step, items=len(idx), loss=loss / n_probes)
+            progress.step(step, items=len(xb), loss=loss / n_probes)
             step += 1
     return TrainedProbes(lrs, mean.to(device), std.to(device), weight, bias, multilabel)
 
