@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CORES ?= 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo test test-e2e test-slurm lint dryrun-paper plan rehearse clean-demo learning-check
+.PHONY: venv demo test test-e2e test-slurm lint dryrun-paper plan rehearse clean-demo learning-check bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +42,16 @@ learning-check: venv
 test-slurm: venv
 	bash tests/slurm/run.sh
 
+# Each performance measure beside its reference, interleaved and repeated in one process
+# (docs/bench.md); writes bench/results/latest.{md,csv}, exits 1 when a CPU target is missed.
+# BENCH_THREADS=1 gives steadier ratios on cores shared with other jobs. Measured: MEASURED_BENCH
+BENCH_THREADS ?= $(CORES)
+bench: venv
+	python -m bench --threads $(BENCH_THREADS)
+
 lint: venv
-	ruff check src tests
-	ruff format --check src tests
+	ruff check src tests bench
+	ruff format --check src tests bench
 	snakefmt --check .
 	snakemake --lint
 

@@ -209,3 +209,61 @@ def test_one_multilabel_f1_for_selection_and_test():
     )
     with pytest.raises(lp.UserError, match="no class has a positive"):
         multilabel_present_f1(np.zeros((2, 3)), np.ones((2, 3)))
+
+
+def _separate_linears_reference(x, y, n_classes, config, multilabel):
+    """The sweep as one nn.Linear per lr under one torch AdamW (a group per lr), LambdaLR."""
+    import math
+
+    import torch
+
+    x = torch.as_tensor(x)
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    x = (x - mean) / torch.where(std > 0, std, torch.ones_like(std))
+    y = torch.as_tensor(y)
+    gen = torch.Generator().manual_seed(config.seed)
+    lrs = config.learning_rates()
+    linears = [torch.nn.Linear(x.shape[1], n_classes) for _ in lrs]
+    with torch.no_grad():
+        for lin in linears:
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * 0.01)
+            lin.bias.zero_()
+    groups = [
+        {"params": lin.parameters(), "lr": float(lr)} for lin, lr in zip(linears, lrs, strict=True)
+    ]
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    batch = min(config.batch_size, len(x))
+    total = config.epochs * math.ceil(len(x) / batch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
+    )
+    loss_fn = torch.nn.BCEWithLogitsLoss() if multilabel else torch.nn.CrossEntropyLoss()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), batch):
+            idx = order[start : start + batch]
+            loss = sum(loss_fn(lin(x[idx]), y[idx]) for lin in linears)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    return torch.stack([lin.weight.detach() for lin in linears])
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_batched_sweep_equals_separate_linears_under_adamw(multilabel):
+    """Float tolerance: the batched product sums in another order (|dW| <= 1e-4 here)."""
+    from channel_ssl.eval.linear_probe import ProbeConfig, train_probes
+
+    rng = np.random.default_rng(0)
+    n, n_features, n_classes = 300, 12, 4
+    x = rng.standard_normal((n, n_features)).astype(np.float32)
+    if multilabel:
+        y = (rng.random((n, n_classes)) < 0.4).astype(np.float32)
+    else:
+        y = rng.integers(0, n_classes, n)
+        x[np.arange(n), y] += 1.0
+    config = ProbeConfig(n_classifiers=5, epochs=3, batch_size=64, weight_decay=0.05)
+    ours = train_probes(x, y, n_classes, config, multilabel=multilabel).weight
+    reference = _separate_linears_reference(x, y, n_classes, config, multilabel)
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), atol=1e-4, rtol=0)

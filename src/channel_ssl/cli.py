@@ -3,7 +3,7 @@
 Every command is declared once, in ``COMMANDS`` below (name, module, one-line help); its
 module defines ``add_arguments(parser)``, ``run(args) -> int`` and, when it writes files,
 ``step_io(args)``: what it read and wrote, for the outputs' provenance records. Modules are imported lazily
-so ``channel-ssl --help`` does not pay for importing torch.
+so ``channel-ssl --help`` does not pay for importing torch (nor numpy and pandas).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from channel_ssl.errors import UserError
 from channel_ssl.progress import setup_logging
-from channel_ssl.provenance import StepIO, now, write_records
-from channel_ssl.step_io_own_data import OWN_DATA_STEP_IO
+
+if TYPE_CHECKING:
+    from channel_ssl.provenance import StepIO
 
 # command name -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -101,6 +103,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def declaration_of(command: str, module) -> Callable[..., StepIO] | None:
     """``command``'s ``step_io(args)`` (what it read and wrote): its module's own, else the
     ``own_data`` declarations; None for a command that writes no record."""
+    from channel_ssl.step_io_own_data import OWN_DATA_STEP_IO
+
     return getattr(module, "step_io", None) or OWN_DATA_STEP_IO.get(command)
 
 
@@ -125,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if a in COMMANDS), None)
     args = build_parser(command).parse_args(argv)
     setup_logging(args.log)
+    # imported after parsing: ``--help`` needs neither (they load numpy and pandas)
+    from channel_ssl.provenance import now, write_records
+
     module = importlib.import_module(args._module)
     start = now()
     try:

@@ -35,6 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -126,9 +128,46 @@ def load_subset_rows(path: str | Path, n_rows: int) -> np.ndarray:
 
 
 # -------------------------------------------------------------------------------------- UMAP
+def numba_cache_dir() -> Path:
+    """Where UMAP's compiled numba kernels are kept between processes: ``NUMBA_CACHE_DIR`` if
+    set, else ``$XDG_CACHE_HOME/channel-ssl/numba`` (``~/.cache/channel-ssl/numba``)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "channel-ssl" / "numba"
+
+
+def import_umap_cached():
+    """``import umap`` with every numba kernel of umap and pynndescent compiled once per machine.
+
+    umap marks few of its kernels ``cache=True``, so each figure job used to compile them
+    again (seconds of a job's time); here every kernel of the two packages gets numba's
+    on-disk cache in :func:`numba_cache_dir` before its first call. A kernel numba cannot cache
+    (no source file) is left to compile as before.
+    """
+    cache_dir = numba_cache_dir()
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir))
+    import numba
+    from numba.core.dispatcher import Dispatcher
+
+    numba.config.CACHE_DIR = str(cache_dir)
+    import umap
+
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(("umap", "pynndescent")):
+            continue
+        for obj in list(vars(module).values()):
+            if isinstance(obj, Dispatcher) and type(obj._cache).__name__ == "NullCache":
+                try:
+                    obj.enable_caching()
+                except RuntimeError:  # numba: no locator for the function's source
+                    continue
+    return umap
+
+
 def umap_embedding(features: np.ndarray, seed: int) -> np.ndarray:
     """``(N, F)`` -> ``(N, 2)`` float64 UMAP coordinates (deterministic for a given seed)."""
-    import umap
+    umap = import_umap_cached()
 
     n = features.shape[0]
     if n < 4:

@@ -8,7 +8,8 @@ Protocol (identical to the reference, so the numbers are identical too):
 - tasks = unique ``train_test_split`` values minus ``Train``, ordered Task_one .. Task_four;
   a task's rows are those whose boolean task column is true; the reference set is the Train rows;
 - labels are encoded by order of first appearance of ``Label`` in the metadata;
-- cosine 1-NN: L2-normalise (in the features' dtype; rows whose norm would overflow or
+- cosine 1-NN (computed in one similarity pass per task, ``eval/knn_search.py``, with the
+  reference's faiss predictions): L2-normalise (in the features' dtype; rows whose norm would overflow or
   underflow are rescaled by their max-abs entry in float64 first, so features x1e37 or denormal
   ones score as the unscaled features; an all-zero or non-finite row has no direction and is an
   error naming the row), float32 faiss ``IndexFlatIP``, k = 1;
@@ -37,6 +38,7 @@ from sklearn.metrics import classification_report, f1_score
 
 from channel_ssl.atomic import write_json, write_table
 from channel_ssl.errors import UserError
+from channel_ssl.eval.knn_search import fold_predictions
 from channel_ssl.npy import load_npy
 from channel_ssl.step_io import chammi_scores
 
@@ -280,15 +282,21 @@ def evaluate_dataset(
     reports: dict[str, object] = {
         "target_encoding": {n: i for i, n in enumerate(protocol.label_names)}
     }
+
+    def normalised(rows: np.ndarray, what: str) -> np.ndarray:
+        return np.ascontiguousarray(_l2_normalise(features[rows], what), dtype=np.float32)
+
     for task in protocol.tasks:
-        predictions, truths = [], []
-        for _group, reference_rows, query_rows in protocol.iter_folds(task):
-            predictions.append(
-                cosine_1nn(
-                    features[reference_rows], protocol.labels[reference_rows], features[query_rows]
-                )
-            )
-            truths.append(protocol.labels[query_rows])
+        folds = list(protocol.iter_folds(task))
+        truths = [protocol.labels[query_rows] for _g, _r, query_rows in folds]
+        # one similarity pass over all the task's folds; the reference's per-fold faiss search
+        # where the folds are not the protocol's (same predictions either way)
+        predictions = fold_predictions(folds, protocol.train_rows, protocol.labels, normalised)
+        if predictions is None:
+            predictions = [
+                cosine_1nn(features[ref], protocol.labels[ref], features[query])
+                for _g, ref, query in folds
+            ]
         prediction, truth = np.concatenate(predictions), np.concatenate(truths)
         accuracy, f1 = task_scores(truth, prediction)
         log.info(

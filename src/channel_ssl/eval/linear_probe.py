@@ -2,8 +2,8 @@
 
 Protocol (paper appendix D.2): ``n_classifiers`` linear classifiers whose learning rates are
 log-spaced over [lr_min, lr_max] are trained together, in one pass over the same mini-batches
-(one ``nn.Linear`` per learning rate, one AdamW optimizer with one parameter group per learning
-rate, cosine schedule to 0). Features are standardised with the training statistics. The best
+(one ``(n_classifiers, C, F)`` weight multiplied in one batched product; AdamW with one
+learning rate per classifier, cosine schedule to 0). Features are standardised with the training statistics. The best
 classifier is chosen on a validation split carved from the training data, never on test data;
 only then is the test set predicted.
 
@@ -141,6 +141,83 @@ class TrainedProbes:
         return logits.argmax(dim=-1).numpy()
 
 
+class BatchedAdamW:
+    """AdamW (torch's update, ``amsgrad=False``) of parameters whose leading axis is the
+    classifier, with one learning rate per classifier: classifier k's slice is updated exactly
+    as a torch ``AdamW`` parameter group with lr ``lrs[k]`` would update it.
+    """
+
+    def __init__(
+        self,
+        params: list[torch.Tensor],
+        lrs: np.ndarray,
+        weight_decay: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        self.params = params
+        self.base_lrs = [
+            torch.as_tensor(lrs, dtype=p.dtype, device=p.device).reshape(-1, *[1] * (p.dim() - 1))
+            for p in params
+        ]
+        self.weight_decay = weight_decay
+        self.betas = betas
+        self.eps = eps
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor], lr_factor: float) -> None:
+        """One update with learning rates ``lrs * lr_factor`` (the schedule's factor)."""
+        self.steps += 1
+        beta1, beta2 = self.betas
+        bias_correction1 = 1 - beta1**self.steps
+        bias_correction2_sqrt = math.sqrt(1 - beta2**self.steps)
+        for param, grad, m, v, base in zip(
+            self.params, grads, self.exp_avg, self.exp_avg_sq, self.base_lrs, strict=True
+        ):
+            lr = base * lr_factor
+            param.mul_(1 - lr * self.weight_decay)
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            param.sub_(m / denom * (lr / bias_correction1))
+
+
+def _probe_gradients(
+    xb: torch.Tensor, yb: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, multilabel: bool
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Gradients of the sum over classifiers of each one's mean loss (softmax cross-entropy,
+    or BCE averaged over samples and classes), in closed form: every classifier gets exactly
+    its own gradient. ``weight`` (K, C, F), ``bias`` (K, C); returns (dW, db, summed loss)."""
+    n_probes, n_classes, n_features = weight.shape
+    n = len(xb)
+    # one (n, F) x (F, K C) product for all classifiers
+    logits = torch.addmm(bias.reshape(1, -1), xb, weight.reshape(-1, n_features).t())
+    logits = logits.reshape(n, n_probes, n_classes)
+    if multilabel:
+        target = yb[:, None, :]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, target.expand_as(logits), reduction="sum"
+        ) / (n * n_classes)
+        delta = (torch.sigmoid(logits) - target) / (n * n_classes)
+    else:
+        # softmax by hand: torch's (log_)softmax over a last axis of ~10 classes is ~10x slower
+        shifted = logits - logits.amax(dim=-1, keepdim=True)
+        exp = shifted.exp()
+        total = exp.sum(dim=-1, keepdim=True)
+        index = yb[:, None, None].expand(n, n_probes, 1)
+        loss = (total.log() - shifted.gather(-1, index)).sum() / n
+        delta = exp.div_(total)
+        delta.scatter_add_(-1, index, torch.full(index.shape, -1.0, dtype=delta.dtype))
+        delta /= n
+    delta = delta.reshape(n, -1)
+    grad_w = (delta.t() @ xb).reshape(n_probes, n_classes, n_features)
+    grad_b = delta.sum(0).reshape(n_probes, n_classes)
+    return grad_w, grad_b, float(loss)
+
+
 def train_probes(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -169,50 +246,36 @@ def train_probes(
     x = ((x - mean) / std).to(device)
     if multilabel:
         y = torch.as_tensor(np.asarray(y_train, np.float32), device=device)
-        loss_fn = torch.nn.BCEWithLogitsLoss()
     else:
         y = torch.as_tensor(np.asarray(y_train, np.int64), device=device)
-        loss_fn = torch.nn.CrossEntropyLoss()
 
     lrs = config.learning_rates()
     gen = torch.Generator().manual_seed(config.seed)
     n, n_features = x.shape
-    linears = torch.nn.ModuleList(torch.nn.Linear(n_features, n_classes) for _ in lrs)
-    with torch.no_grad():
-        for lin in linears:
-            lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * 0.01)
-            lin.bias.zero_()
-    linears.to(device)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": lin.parameters(), "lr": float(lr)}
-            for lin, lr in zip(linears, lrs, strict=True)
-        ],
-        weight_decay=config.weight_decay,
-    )
+    n_probes = len(lrs)
+    # all classifiers in one (n_probes, C, F) weight: the same initial draws, classifier by
+    # classifier, as one nn.Linear each
+    weight = torch.stack(
+        [torch.randn((n_classes, n_features), generator=gen) * 0.01 for _ in lrs]
+    ).to(device)
+    bias = torch.zeros(n_probes, n_classes, device=device)
+    optimizer = BatchedAdamW([weight, bias], lrs, config.weight_decay)
     batch_size = min(config.batch_size, n)
     steps_per_epoch = math.ceil(n / batch_size)
     total = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
-    )
     progress = ProgressLogger(total, every=max(1, total // 10), unit="sample", logger=log)
     step = 0
     for _epoch in range(config.epochs):
         order = torch.randperm(n, generator=gen).to(device)
+        # the epoch's rows in its order, once: every mini-batch is then a contiguous slice
+        x_epoch, y_epoch = x[order], y[order]
         for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            xb, yb = x[idx], y[idx]
-            # sum of the classifiers' losses: each classifier gets exactly its own gradient
-            loss = sum(loss_fn(lin(xb), yb) for lin in linears)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            progress.step(step, items=len(idx), loss=float(loss.detach()) / len(linears))
+            xb, yb = x_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
+            grad_w, grad_b, loss = _probe_gradients(xb, yb, weight, bias, multilabel)
+            # cosine schedule to 0, as LambdaLR(0.5 (1 + cos(pi s / total))) steps it
+            optimizer.step([grad_w, grad_b], 0.5 * (1 + math.cos(math.pi * step / total)))
+            progress.step(step, items=len(xb), loss=loss / n_probes)
             step += 1
-    weight = torch.stack([lin.weight.detach() for lin in linears])
-    bias = torch.stack([lin.bias.detach() for lin in linears])
     return TrainedProbes(lrs, mean.to(device), std.to(device), weight, bias, multilabel)
 
 

@@ -84,3 +84,12 @@ class DINOHead(nn.Module):
         z = F.normalize(self.mlp(x), dim=-1, eps=1e-6)
         weight = F.normalize(self.prototypes, dim=-1, eps=1e-6)
         return z @ weight.t()
+
+    def forward_parts(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The head on several token sets at once, ``(N_i, D) -> (N_i, P)`` each: one MLP pass
+        over their concatenation and one normalisation of the prototypes (what separate
+        calls repeat per set), as DINOv2 runs its head once on all tokens of a step."""
+        if len(parts) == 1:
+            return [self(parts[0])]
+        logits = self(torch.cat(parts))
+        return list(logits.split([len(p) for p in parts]))

@@ -62,15 +62,32 @@ class SSLNetwork(nn.Module):
         if local_crops is not None:
             outputs.append(self._backbone(local_crops, None, channel_ids))
         cls = torch.cat([o["cls"] for o in outputs])
-        result = {"cls": outputs[0]["cls"], "cls_logits": self.dino_head(cls)}
-        if masks is not None:
-            head = self.ibot_head or self.dino_head
-            result["patch_logits"] = head(outputs[0]["patch"][masks])
+        patch = None if masks is None else outputs[0]["patch"][masks]
+        channel_cls = None
         if with_channel_tokens:
             channel_cls = torch.cat([o["channel_cls"] for o in outputs])
+        result = {"cls": outputs[0]["cls"], **self._head_logits(cls, patch, channel_cls)}
+        if with_channel_tokens:
             result["channel_cls"] = outputs[0]["channel_cls"]
-            result["channel_logits"] = self.dino_head(channel_cls)
         return result
+
+    def _head_logits(
+        self, cls: torch.Tensor, patch: torch.Tensor | None, channel_cls: torch.Tensor | None
+    ) -> dict:
+        """``cls_logits``, ``patch_logits`` (if ``patch``) and ``channel_logits`` (if
+        ``channel_cls``, ``(N, K, D)``) from one call of each head: the DINO head runs once on
+        the CLS, channel CLS and (shared iBOT head) masked patch tokens concatenated."""
+        tokens = {"cls_logits": cls}
+        if channel_cls is not None:
+            tokens["channel_logits"] = channel_cls.flatten(0, 1)
+        if patch is not None and self.ibot_head is None:
+            tokens["patch_logits"] = patch
+        logits = dict(zip(tokens, self.dino_head.forward_parts(list(tokens.values())), strict=True))
+        if patch is not None and self.ibot_head is not None:
+            logits["patch_logits"] = self.ibot_head(patch)
+        if channel_cls is not None:
+            logits["channel_logits"] = logits["channel_logits"].unflatten(0, channel_cls.shape[:2])
+        return logits
 
 
 def build_run_backbone(cfg: RunConfig, *, drop_path: float) -> nn.Module:

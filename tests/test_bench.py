@@ -1,0 +1,49 @@
+"""The benchmark harness (bench/) and its MorphEm reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import morphem_reference
+from bench.evaluation import chammi_like
+from bench.harness import Row, Timing, interleaved, markdown, table
+from channel_ssl.eval.eval_chammi import LEAVE_ONE_OUT, evaluate_chammi, load_chammi_features
+
+
+def test_interleaved_alternates_order_and_takes_medians():
+    calls = []
+    timing, ours, theirs = interleaved(
+        lambda: calls.append("o") or "o", lambda: calls.append("r") or "r", 3, warmup=False
+    )
+    assert calls == ["o", "r", "r", "o", "o", "r"]
+    assert (ours, theirs) == ("o", "r") and len(timing.ours_runs) == 3
+    with pytest.raises(ValueError, match="repeats"):
+        interleaved(lambda: 0, lambda: 0, 0)
+
+
+def test_rows_judge_their_targets():
+    slow = Row("a", Timing(1.2, 1.0, [], []), "slowdown", 1.1)
+    fast = Row("b", Timing(1.0, 20.0, [], []), "speedup", 10.0)
+    unequal = Row("c", Timing(1.0, 20.0, [], []), "speedup", 10.0, extra_ok=False)
+    assert not slow.met and fast.met and not unequal.met
+    df = table([slow, fast, unequal])
+    assert df["met"].tolist() == ["NO", "yes", "NO"]
+    assert df["ratio"].tolist()[:2] == ["1.20x", "20.00x faster"]
+    assert markdown(df).count("\n") == 5
+
+
+def test_morphem_restatement_scores_as_eval_chammi(tmp_path, capsys):
+    root, feats = tmp_path / "CHAMMI", tmp_path / "features"
+    chammi_like(root, feats, n_features=16, scale=0.004)
+    ours = evaluate_chammi(root, load_chammi_features(root, feats, "features.npy"))
+    for dataset, leave_out in LEAVE_ONE_OUT.items():
+        task, column = leave_out if leave_out else (None, None)
+        theirs = morphem_reference.evaluate(
+            feats / dataset / "features.npy", root / dataset / "enriched_meta.csv", task, column
+        )
+        mine = ours[ours["dataset"] == dataset]
+        assert mine["task"].tolist() == theirs["tasks"]
+        np.testing.assert_array_equal(mine["accuracy"].to_numpy(), theirs["accuracies"])
+        np.testing.assert_array_equal(mine["f1_score_macro"].to_numpy(), theirs["f1scores_macro"])
+    assert "Running classification pipeline" in capsys.readouterr().out
