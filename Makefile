@@ -44,7 +44,9 @@ test-slurm: venv
 
 # Each performance measure beside its reference, interleaved and repeated in one process
 # (docs/bench.md); writes bench/results/latest.{md,csv}, exits 1 when a CPU target is missed.
-# BENCH_THREADS=1 gives steadier ratios on cores shared with other jobs. Measured: MEASURED_BENCH
+# BENCH_THREADS=1 gives steadier ratios on cores shared with other jobs. Measured: 32.8 min
+# with --threads 1 --repeats 3 --heavy-repeats 2 while other jobs kept the 2 cores' load at
+# 10-15 (the budget, 10 min, is for an idle machine; not measured idle yet)
 BENCH_THREADS ?= $(CORES)
 bench: venv
 	python -m bench --threads $(BENCH_THREADS)

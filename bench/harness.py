@@ -23,8 +23,9 @@ class Timing:
     reference_runs: list[float]
 
 
-def _timed(fn: Callable[[], object]) -> tuple[float, object]:
-    gc.collect()
+def _timed(fn: Callable[[], object], collect: bool) -> tuple[float, object]:
+    if collect:
+        gc.collect()  # no collection of the other one's garbage inside a timed run
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result
@@ -35,9 +36,11 @@ def interleaved(
     reference: Callable[[], object],
     repeats: int,
     warmup: bool = True,
+    collect: bool = True,
 ) -> tuple[Timing, object, object]:
     """Run both ``repeats`` times, alternating which goes first; returns the timing and the last
-    result of each. ``warmup``: one untimed run of each first (lazy initialisation, caches)."""
+    result of each. ``warmup``: one untimed run of each first (lazy initialisation, caches);
+    ``collect``: a garbage collection before every timed run."""
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be >= 1")
     if warmup:
@@ -50,7 +53,7 @@ def interleaved(
         if index % 2:
             order.reverse()
         for name, fn in order:
-            seconds, result = _timed(fn)
+            seconds, result = _timed(fn, collect)
             if name == "ours":
                 ours_runs.append(seconds)
                 ours_result = result

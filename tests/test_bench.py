@@ -14,7 +14,11 @@ from channel_ssl.eval.eval_chammi import LEAVE_ONE_OUT, evaluate_chammi, load_ch
 def test_interleaved_alternates_order_and_takes_medians():
     calls = []
     timing, ours, theirs = interleaved(
-        lambda: calls.append("o") or "o", lambda: calls.append("r") or "r", 3, warmup=False
+        lambda: calls.append("o") or "o",
+        lambda: calls.append("r") or "r",
+        3,
+        warmup=False,
+        collect=False,
     )
     assert calls == ["o", "r", "r", "o", "o", "r"]
     assert (ours, theirs) == ("o", "r") and len(timing.ours_runs) == 3
