@@ -33,7 +33,7 @@ test-e2e: venv
 	python -m pytest -m slow
 
 # Does pretraining learn? CPU-scale runs of every family against random init, two at a time
-# (49.5 min measured with the 2 cores at load ~12 from other jobs; 25.7 min sequentially);
+# (10.4 min measured on a fresh clone, 2 quiet cores; budget 20 min);
 # exits 1 when a target is missed. Writes results/learning/summary.{csv,md}.
 learning-check: venv
 	channel-ssl learning-check --config config/learning.yaml --out results/learning --threads 1 --jobs $(CORES)
