@@ -35,7 +35,7 @@ import pandas as pd
 
 from channel_ssl import registry
 from channel_ssl.atomic import write_text as atomic_write_text
-from channel_ssl.config import load_config
+from channel_ssl.config import deep_merge, load_config
 from channel_ssl.data.readers.chammi import DATASETS
 from channel_ssl.errors import UserError
 
@@ -76,13 +76,12 @@ def check_runs(seeds: int) -> list[CheckRun]:
 
 def run_config(check: CheckRun, config: dict) -> dict:
     """The pretrain run config of ``check``: the registry's run assembled under ``config``."""
-    cfg = registry.run_config(TEMPLATE_RUNS[check.template], config)
+    # a template's overrides are pretrain settings: the registry builds the run from them
+    overrides = config.get("learning", {}).get("overrides", {}).get(check.template, {})
+    run_settings = deep_merge(config, {"pretrain": overrides})
+    cfg = registry.run_config(TEMPLATE_RUNS[check.template], run_settings)
     cfg["run"] = f"learning-{check.name}"
     cfg["seed"] = int(check.seed)
-    overrides = dict(config.get("learning", {}).get("overrides", {}).get(check.template, {}))
-    if "layerscale" in overrides:
-        cfg["model"] = {**cfg["model"], "layerscale": overrides.pop("layerscale")}
-    cfg.update(overrides)
     return cfg
 
 
@@ -218,8 +217,9 @@ def render_markdown(rows: pd.DataFrame, spread: dict, targets, seconds: float) -
         "Demo CHAMMI data at a larger scale, micro ViTs, `config/learning.yaml`. Scores: CHAMMI "
         "1-NN, macro-F1 x 100; `score` is the CHAMMI mean of the per-dataset OOD means "
         "(fixed-channel HPA run: the mean over HPA's OOD tasks). Losses are the first and last "
-        "logged values (means over the first and last log intervals): `total` is the weighted sum the optimiser sees (DINO + iBOT + KoLeo), "
-        "`dino` the image-level DINO term the targets judge, against ln K (uniform teacher).",
+        "logged values (means over the first and last log intervals): `total` is the weighted "
+        "sum the optimiser sees (DINO + iBOT + KoLeo), `dino` the image-level DINO term the "
+        "targets judge, against ln K (uniform teacher).",
         "",
         f"Random-init spread over the BoC seeds (std of the Mean): {spread['std']:.2f} points "
         f"(values {', '.join(f'{v:.2f}' for v in spread['values'])}).",
