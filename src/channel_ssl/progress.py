@@ -60,20 +60,25 @@ class ProgressLogger:
 
 class IntervalMeans:
     """Running means of named values over the steps since the last log line, so a logged loss
-    is the mean of its interval rather than one noisy batch (DINOv2 logs smoothed values too)."""
+    is the mean of its interval rather than one noisy batch (DINOv2 logs smoothed values too).
+
+    Values may be tensors: they are summed where they live and read (one device sync) only
+    when :meth:`pop` is called, at a log line, not at every step.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict = {}
         self.count = 0
 
-    def add(self, values: dict[str, float]) -> None:
+    def add(self, values: dict) -> None:
         for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+            value = value.detach() if hasattr(value, "detach") else float(value)
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
         self.count += 1
 
     def pop(self) -> dict[str, float]:
         """The means since the last call, then start a new interval."""
-        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        means = {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
         self.sums, self.count = {}, 0
         return means
 

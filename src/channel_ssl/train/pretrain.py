@@ -371,7 +371,7 @@ def train(
             training.after_optimizer_step(values)
             done = iteration + 1
             if info.is_main:
-                interval.add({k: float(v.detach()) for k, v in terms.items()})
+                interval.add(terms)
                 logged_values = interval.pop() if progress.due(iteration) else {}
                 if monitor is not None and logged_values:
                     logged_values["entropy_ratio"] = monitor.ratio(logged_values["teacher_entropy"])
