@@ -101,11 +101,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def declaration_of(command: str, module) -> Callable[..., StepIO] | None:
-    """``command``'s ``step_io(args)`` (what it read and wrote): its module's own, else the
-    ``own_data`` declarations; None for a command that writes no record."""
-    from channel_ssl.step_io_own_data import OWN_DATA_STEP_IO
-
-    return getattr(module, "step_io", None) or OWN_DATA_STEP_IO.get(command)
+    """``command``'s ``step_io(args)`` (what it read and wrote), declared by its module; None
+    for a command that writes no record."""
+    return getattr(module, "step_io", None)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -83,6 +83,7 @@ from channel_ssl.own_data.scoring import (
     score_all,
     warn,
 )
+from channel_ssl.provenance import StepIO
 
 # the pieces of the command, importable from here as before the split
 __all__ = [
@@ -295,3 +296,8 @@ def output_files(args: argparse.Namespace) -> dict[str, list[str]]:
         "members": members,
         "config": config,
     }
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    return StepIO(**output_files(args))

@@ -70,6 +70,8 @@ from channel_ssl.own_data.import_options import (
     read_table,
 )
 from channel_ssl.own_data.splits import SPLIT_SPELLINGS, SPLITS, group_split, random_split
+from channel_ssl.provenance import StepIO
+from channel_ssl.step_io import shards_of
 
 # the command's pieces, importable from here as before they got modules of their own
 __all__ = [
@@ -330,3 +332,25 @@ def read_dataset_description(dataset_dir: str | os.PathLike) -> dict | None:
 def run(args: argparse.Namespace) -> int:
     import_images(args.images, args.table, args.out, options_from_args(args))
     return 0
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record: the table and every image file
+    the manifest was made from; the manifest with its shards, dataset.json and skipped.csv."""
+    manifest = os.path.join(args.out, "manifest.parquet")
+    images = []
+    if os.path.exists(manifest):
+        for image_id in pd.read_parquet(manifest, columns=["image_id"])["image_id"]:
+            images.extend(os.path.join(args.images, p) for p in image_id.split("|"))
+    members = shards_of(manifest)
+    members += [
+        os.path.join(args.out, name)
+        for name in ("dataset.json", "skipped.csv")
+        if os.path.exists(os.path.join(args.out, name))
+    ]
+    return StepIO(
+        inputs=[args.table, *images],
+        outputs=[manifest],
+        members=members,
+        config=asdict(options_from_args(args)),
+    )

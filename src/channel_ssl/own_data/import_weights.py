@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from channel_ssl.errors import UserError
+from channel_ssl.provenance import StepIO
 
 log = logging.getLogger("channel_ssl.import_weights")
 
@@ -251,3 +252,8 @@ def add_use_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of this project")
     parser.add_argument("--run-config", required=True, help="the registry run's config (JSON)")
     parser.add_argument("--out", required=True, help="checkpoint.pt of the run")
+
+
+def step_io(args) -> StepIO:
+    """What this step read and wrote, for its provenance record."""
+    return StepIO(inputs=[args.checkpoint], outputs=[args.out])
