@@ -1,4 +1,5 @@
-"""``python -m bench [--threads N] [--repeats N] [--quick] [--out DIR]`` (see bench/__init__.py)."""
+"""``python -m bench [--threads N] [--repeats N] [--quick] [--only NAME ...] [--out DIR]``
+(see bench/__init__.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MEASURES = ("ha", "step-micro", "step-vit-s", "probe", "knn", "shards")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -24,6 +26,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--quick", action="store_true", help="small sizes, one run each (checks the harness)"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=MEASURES,
+        help="run only these measures; the table is printed, not written to --out",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.{md,csv} go")
     return parser.parse_args(argv)
@@ -42,20 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
     heavy = 1 if args.quick else args.heavy_repeats
-    measures = [
-        lambda: models.ha_vs_boc_forward(repeats, batch=1 if args.quick else 2),
-        lambda: models.dino_step_vs_timm(models.MICRO, repeats, 1.3),
-        lambda: models.dino_step_vs_timm(models.VIT_S, repeats, 1.25),
-        lambda: evaluation.probe_vs_sklearn(
+    measures = {
+        "ha": lambda: models.ha_vs_boc_forward(repeats, batch=1 if args.quick else 2),
+        "step-micro": lambda: models.dino_step_vs_timm(models.MICRO, repeats, 1.3),
+        "step-vit-s": lambda: models.dino_step_vs_timm(models.VIT_S, repeats, 1.25),
+        "probe": lambda: evaluation.probe_vs_sklearn(
             heavy, *((2000, 500, 256) if args.quick else (12000, 3000, 768))
         ),
-        lambda: evaluation.knn_vs_morphem(heavy, scale=0.05 if args.quick else 1.0),
-        lambda: evaluation.shards_vs_files(repeats, n_images=200 if args.quick else 2000),
-    ]
+        "knn": lambda: evaluation.knn_vs_morphem(heavy, scale=0.05 if args.quick else 1.0),
+        "shards": lambda: evaluation.shards_vs_files(repeats, n_images=200 if args.quick else 2000),
+    }
+    assert tuple(measures) == MEASURES
     start = time.perf_counter()
     rows = []
-    for measure in measures:
-        row = measure()
+    for name in args.only or MEASURES:
+        row = measures[name]()
         rows.append(row)
         print(
             f"[{time.perf_counter() - start:6.1f} s] {row.measure}: {row.as_dict()['ratio']}",
@@ -72,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     text = header + markdown(df)
     print("\n" + text)
-    write_table(args.out / "latest.csv", df)
-    write_text(args.out / "latest.md", text)
+    if not args.only:
+        write_table(args.out / "latest.csv", df)
+        write_text(args.out / "latest.md", text)
     missed = [r.measure for r in rows if not r.met]
     if missed:
         print(f"{len(missed)} target(s) missed: " + "; ".join(missed), file=sys.stderr)

@@ -113,16 +113,14 @@ def dino_step_vs_timm(size: StepSize, repeats: int, target: float) -> Row:
     plus the teacher's forward of the global crops."""
     import timm
 
-    from channel_ssl.train.param_groups import clip_gradients, parameter_groups
-    from channel_ssl.train.pretrain import load_run_config
+    from channel_ssl.train.param_groups import build_optimizer, clip_gradients
+    from channel_ssl.train.run_config import load_run_config
     from channel_ssl.train.ssl_meta_arch import build_training
 
     cfg = load_run_config(_run_config(size))
     training = build_training(cfg, torch.device("cpu"))
     student = training.student
-    optimizer = torch.optim.AdamW(
-        parameter_groups(student, cfg.layerwise_decay, cfg.patch_embed_lr_mult), lr=1e-4
-    )
+    optimizer = build_optimizer(student, cfg, lr=1e-4)
     batch = _batch(size, cfg)
     values = {"teacher_temp": 0.04, "teacher_momentum": 0.996}
     student.train()

@@ -10,7 +10,8 @@ import torch
 from test_pretrain import corpus_path, tiny_config  # noqa: F401 (fixture)
 
 from channel_ssl.data.pretrain_batches import PretrainBatches, load_corpus
-from channel_ssl.train.pretrain import load_run_config, make_schedules, resolve_run
+from channel_ssl.train.pretrain import make_schedules, resolve_run
+from channel_ssl.train.run_config import load_run_config
 from channel_ssl.train.ssl_meta_arch import build_training
 
 # float32: the concatenated MLP product sums in another order than the separate ones

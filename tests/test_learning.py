@@ -14,7 +14,8 @@ from test_pretrain import corpus_path, tiny_config  # noqa: F401 (fixture)
 
 from channel_ssl.learning_check import judge, parse_log
 from channel_ssl.models.heads import DINOHead, init_std
-from channel_ssl.train.pretrain import CollapseMonitor, teacher_entropy, train
+from channel_ssl.train.collapse import CollapseMonitor, teacher_entropy
+from channel_ssl.train.pretrain import train
 
 
 def test_teacher_entropy_uniform_and_one_hot():
@@ -174,7 +175,8 @@ def test_pretraining_beats_random_init_at_knn_on_an_easy_set(tmp_path):
     pretrained 0.772 (teacher momentum 0.996 instead of 0.95: 0.655, collapsed to uniform)."""
     from channel_ssl.data.shards import ShardWriter
     from channel_ssl.train.checkpoint import load_backbone
-    from channel_ssl.train.pretrain import build_run_backbone, load_run_config
+    from channel_ssl.train.run_config import load_run_config
+    from channel_ssl.train.ssl_meta_arch import build_run_backbone
 
     rng = np.random.default_rng(0)
     writer = ShardWriter(tmp_path / "src", shard_size=256)

@@ -267,3 +267,29 @@ def test_batched_sweep_equals_separate_linears_under_adamw(multilabel):
     ours = train_probes(x, y, n_classes, config, multilabel=multilabel).weight
     reference = _separate_linears_reference(x, y, n_classes, config, multilabel)
     np.testing.assert_allclose(ours.numpy(), reference.numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_confident_classifiers_equal_separate_linears(multilabel):
+    """Probabilities under e^-64 are taken as 0 (fast path): on well-separated classes with
+    large learning rates, where many logits are that far out, the weights still equal
+    torch's."""
+    from channel_ssl.eval.linear_probe import ProbeConfig, train_probes
+
+    rng = np.random.default_rng(1)
+    n, n_features, n_classes = 400, 16, 4
+    x = rng.standard_normal((n, n_features)).astype(np.float32)
+    y = rng.integers(0, n_classes, n)
+    x[np.arange(n), y] += 6.0
+    if multilabel:
+        y = np.eye(n_classes, dtype=np.float32)[y]
+    config = ProbeConfig(n_classifiers=3, lr_min=0.3, lr_max=3.0, epochs=4, batch_size=50)
+    probes = train_probes(x, y, n_classes, config, multilabel=multilabel)
+    logits = probes.logits(x)[-1]
+    if multilabel:
+        assert (logits < -64).float().mean() > 0.1  # the fast path was taken
+    else:
+        gaps = logits.amax(dim=1, keepdim=True) - logits
+        assert (gaps > 64).float().mean() > 0.5
+    reference = _separate_linears_reference(x, y, n_classes, config, multilabel)
+    np.testing.assert_allclose(probes.weight.numpy(), reference.numpy(), atol=1e-4, rtol=1e-5)

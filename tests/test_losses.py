@@ -147,3 +147,31 @@ def test_ibot_centre_stays_finite_when_a_batch_masks_no_patch():
     assert torch.isfinite(loss.center).all() and torch.equal(loss.center, before)
     loss._targets.update_center(torch.ones(3, 8))
     assert torch.allclose(loss.center, torch.full((1, 8), 0.1))
+
+
+def test_prototype_scores_equal_the_normalised_product_with_their_gradients():
+    """Scores scaled per column equal ``z @ F.normalize(v).t()``, forward and backward
+    (float64 gradcheck of the closed-form backward, a clamped-norm row included), and the
+    no-grad path gives the same scores."""
+    import torch.nn.functional as F
+
+    from channel_ssl.models.heads import _PrototypeScores, prototype_scores
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 7, 5, dtype=torch.float64, generator=gen).requires_grad_()
+    v = torch.randn(11, 5, dtype=torch.float64, generator=gen)
+    v[3] = 1e-9  # norm under eps: clamped, no radial term
+    v.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: _PrototypeScores.apply(a, b, 1e-6), (z[0].detach().requires_grad_(), v)
+    )
+    grad = torch.randn(2, 7, 11, dtype=torch.float64, generator=gen)
+    ours = prototype_scores(z, v)
+    gz, gv = torch.autograd.grad(ours, (z, v), grad)
+    reference = z @ F.normalize(v, dim=-1, eps=1e-6).t()
+    rz, rv = torch.autograd.grad(reference, (z, v), grad)
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(gz, rz)
+    torch.testing.assert_close(gv, rv)
+    with torch.no_grad():
+        torch.testing.assert_close(prototype_scores(z, v), reference)

@@ -28,7 +28,8 @@ from channel_ssl.models.mae_decoder import (
     sincos_position_embedding,
 )
 from channel_ssl.train.checkpoint import load_backbone, load_checkpoint
-from channel_ssl.train.pretrain import load_run_config, train
+from channel_ssl.train.pretrain import train
+from channel_ssl.train.run_config import load_run_config
 
 
 # ------------------------------------------------------------------------------------ loss
@@ -245,7 +246,8 @@ def test_mae_run_trains_resumes_and_extracts(corpus_path, tmp_path, caplog):
 def test_mae_runs_train_with_maes_own_optimiser_recipe():
     from channel_ssl import registry
     from channel_ssl.config import load_config
-    from channel_ssl.train.pretrain import load_run_config, resolve_run
+    from channel_ssl.train.pretrain import resolve_run
+    from channel_ssl.train.run_config import load_run_config
 
     paper = load_config("config/paper.yaml")
     mae = registry.run_config("P-MAE-BoC-L", paper)

@@ -13,7 +13,8 @@ from test_pretrain import _write_source, tiny_config
 
 from channel_ssl.errors import UserError
 from channel_ssl.train.checkpoint import load_backbone, load_checkpoint
-from channel_ssl.train.pretrain import load_run_config, train
+from channel_ssl.train.pretrain import train
+from channel_ssl.train.run_config import load_run_config
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_fixed_channel_model_trains_with_dino_objectives(
 
 
 def test_dinov1_student_sees_unmasked_crops(three_channel_corpus):
-    from channel_ssl.train.pretrain import PretrainBatches, load_corpus
+    from channel_ssl.data.pretrain_batches import PretrainBatches, load_corpus
 
     corpus = load_corpus(three_channel_corpus)
     batches = {

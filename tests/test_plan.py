@@ -45,7 +45,8 @@ def test_paper_plan_sizes_runs_by_cost_within_the_groups_maxima(paper):
 
 
 def test_checkpoint_bytes_count_student_teacher_and_adam_moments():
-    from channel_ssl.train.pretrain import build_network, load_run_config
+    from channel_ssl.train.run_config import load_run_config
+    from channel_ssl.train.ssl_meta_arch import build_network
 
     config = {
         "model": {"family": "boc", "arch": "micro", "patch_size": 4},

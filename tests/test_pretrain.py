@@ -11,18 +11,14 @@ import pytest
 import torch
 
 from channel_ssl.cli import main as cli_main
+from channel_ssl.data.pretrain_batches import CorpusSampler
 from channel_ssl.data.shards import ShardWriter
 from channel_ssl.errors import UserError
 from channel_ssl.train.checkpoint import load_backbone, load_checkpoint
-from channel_ssl.train.pretrain import (
-    CorpusSampler,
-    RunConfig,
-    build_network,
-    load_run_config,
-    parameter_groups,
-    resolve_run,
-    train,
-)
+from channel_ssl.train.param_groups import parameter_groups
+from channel_ssl.train.pretrain import resolve_run, train
+from channel_ssl.train.run_config import RunConfig, load_run_config
+from channel_ssl.train.ssl_meta_arch import build_network
 
 
 def _write_source(root, name, n_images, n_channels, size, rng):
@@ -169,7 +165,8 @@ def test_random_init_checkpoint_is_the_network_training_starts_from(corpus_path,
     backbone, _ = load_backbone(out / "checkpoint.pt")
     assert _same_state(state["student"], state["teacher"])
     # the very networks a real run of this config starts from (same builder, same seed)
-    from channel_ssl.train.pretrain import build_training, load_run_config
+    from channel_ssl.train.run_config import load_run_config
+    from channel_ssl.train.ssl_meta_arch import build_training
 
     initial = build_training(load_run_config(config), torch.device("cpu"))
     assert _same_state(backbone.state_dict(), initial.teacher.backbone.state_dict())
@@ -207,7 +204,7 @@ def test_run_config_file_and_defaults(tmp_path):
 
 
 def test_boc_pixel_budget_and_derived_values(corpus_path):
-    from channel_ssl.train.pretrain import load_corpus
+    from channel_ssl.data.pretrain_batches import load_corpus
 
     corpus = load_corpus(corpus_path)
     cfg = load_run_config({"model": {"family": "boc"}, "iterations": 36, "batch_size": 256})
@@ -232,7 +229,7 @@ def test_boc_pixel_budget_and_derived_values(corpus_path):
 
 
 def test_sampler_is_balanced_and_homogeneous_in_k(corpus_path):
-    from channel_ssl.train.pretrain import load_corpus
+    from channel_ssl.data.pretrain_batches import load_corpus
 
     corpus = load_corpus(corpus_path)
     generator = torch.Generator().manual_seed(0)
@@ -304,7 +301,7 @@ def test_parameter_groups_layer_decay_and_no_weight_decay():
 
 
 def test_gradients_are_clipped_per_part_as_dinov2_does():
-    from channel_ssl.train.pretrain import clip_gradients
+    from channel_ssl.train.param_groups import clip_gradients
 
     network = build_network(load_run_config(tiny_config("boc")), drop_path=0.0)
     for p in network.parameters():

@@ -17,7 +17,8 @@ from test_pretrain import corpus_path, tiny_config  # noqa: F401 (fixture)
 from channel_ssl.data.pretrain_batches import PretrainBatches, load_corpus
 from channel_ssl.errors import UserError
 from channel_ssl.train.checkpoint import load_checkpoint
-from channel_ssl.train.pretrain import load_run_config, make_schedules, resolve_run, train
+from channel_ssl.train.pretrain import make_schedules, resolve_run, train
+from channel_ssl.train.run_config import load_run_config
 from channel_ssl.train.ssl_meta_arch import build_training
 
 

@@ -1,5 +1,6 @@
 """AdamW parameter groups (layer-wise lr decay, patch-embedding multiplier, DINOv2's weight-
-decay exemptions, the last-layer flag) and per-part gradient clipping.
+decay exemptions, the last-layer flag), the fused AdamW over them, and per-part gradient
+clipping.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 
+import torch
 from torch import nn
 
 log = logging.getLogger("channel_ssl.pretrain")
@@ -74,3 +76,17 @@ def clip_gradients(network: nn.Module, max_norm: float) -> list[float]:
         if params:
             norms.append(float(nn.utils.clip_grad_norm_(params, max_norm)))
     return norms
+
+
+def build_optimizer(network: nn.Module, cfg, lr: float) -> torch.optim.AdamW:
+    """AdamW over :func:`parameter_groups` of ``network`` with the run's betas, as one fused
+    kernel per parameter group (torch's ``fused=True``, on CPU and CUDA: ~4x faster than the
+    per-parameter loop at ViT-S, and most of the micro ViT's optimiser time). It computes
+    torch's AdamW update; the order of its float operations differs from the loop's, so
+    weights differ from the loop's at float rounding."""
+    return torch.optim.AdamW(
+        parameter_groups(network, cfg.layerwise_decay, cfg.patch_embed_lr_mult),
+        lr=lr,
+        betas=tuple(cfg.betas),
+        fused=True,
+    )

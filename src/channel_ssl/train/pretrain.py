@@ -60,7 +60,6 @@ import torch.distributed as dist
 from torch import nn
 
 from channel_ssl.data.pretrain_batches import (
-    CorpusSampler,
     PretrainBatches,
     iteration_seed,
     load_corpus,
@@ -76,9 +75,9 @@ from channel_ssl.train.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from channel_ssl.train.collapse import CollapseMonitor, teacher_entropy
+from channel_ssl.train.collapse import CollapseMonitor
 from channel_ssl.train.distributed import DistInfo, init_distributed
-from channel_ssl.train.param_groups import clip_gradients, parameter_groups
+from channel_ssl.train.param_groups import build_optimizer, clip_gradients
 from channel_ssl.train.preemption import REQUEUE_EXIT, GracefulStop, StopRequested
 from channel_ssl.train.run_config import (
     PAPER_EPOCHS,
@@ -88,12 +87,6 @@ from channel_ssl.train.run_config import (
 )
 from channel_ssl.train.schedules import TrainingSchedules, build_schedules
 from channel_ssl.train.ssl_meta_arch import (
-    DINOTraining,
-    DINOv2Objective,
-    MAETraining,
-    SSLNetwork,
-    build_network,
-    build_run_backbone,
     build_training,
 )
 
@@ -278,11 +271,7 @@ def train(
             raise UserError(
                 f"run config: 'crops.{key}' {size} is not a multiple of the patch size {patch_size}"
             )
-    optimizer = torch.optim.AdamW(
-        parameter_groups(student, cfg.layerwise_decay, cfg.patch_embed_lr_mult),
-        lr=resolved.lr,
-        betas=tuple(cfg.betas),
-    )
+    optimizer = build_optimizer(student, cfg, resolved.lr)
 
     checkpoint_dir = out_dir / "checkpoints"
     start = 0
@@ -473,28 +462,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--corpus is required (unless --random-init)")
     train(args.corpus, args.run_config, args.out_dir, device=args.device)
     return 0
-
-
-__all__ = [
-    "CollapseMonitor",
-    "CorpusSampler",
-    "DINOTraining",
-    "DINOv2Objective",
-    "MAETraining",
-    "PretrainBatches",
-    "RunConfig",
-    "SSLNetwork",
-    "build_network",
-    "build_run_backbone",
-    "build_training",
-    "load_corpus",
-    "load_run_config",
-    "parameter_groups",
-    "resolve_run",
-    "save_random_init",
-    "teacher_entropy",
-    "train",
-]
 
 
 def step_io(args) -> StepIO:
