@@ -387,3 +387,18 @@ def test_sigusr1_checkpoints_exits_for_requeue_and_resumes_bit_identically(
     assert not (out / "checkpoints" / ".ckpt-4.pt.x1y2.tmp.pt").exists()
     for key in ("student", "teacher", "student_dino_head", "teacher_dino_head", "losses"):
         assert _same_state(resumed[key], reference[key]), key
+
+
+def test_teacher_update_is_the_ema_of_the_student():
+    """teacher <- m teacher + (1 - m) student for every parameter (heads included)."""
+    from channel_ssl.train.ssl_meta_arch import build_training
+
+    training = build_training(load_run_config(tiny_config("boc")), torch.device("cpu"))
+    with torch.no_grad():
+        for p in training.student.parameters():
+            p.add_(torch.randn_like(p))
+    before = [p.clone() for p in training.teacher.parameters()]
+    training.after_optimizer_step({"teacher_momentum": 0.9})
+    pairs = zip(training.teacher.parameters(), before, training.student.parameters(), strict=True)
+    for teacher, old, student in pairs:
+        torch.testing.assert_close(teacher, 0.9 * old + 0.1 * student)

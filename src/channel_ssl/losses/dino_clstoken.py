@@ -116,10 +116,9 @@ class DINOLoss(nn.Module):
         batch_center = batch_sum / count
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
-    def cross_entropy(self, student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean over rows of ``H(targets, softmax(student_logits / student_temp))``; ``(N, P)`` each."""
-        log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
-        return -(targets * log_probs).sum(dim=-1).mean()
+    def log_probs(self, student_logits: torch.Tensor) -> torch.Tensor:
+        """``log softmax(student_logits / student_temp)`` of ``(N, P)`` logits."""
+        return F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
 
     def forward(
         self, student_logits: list[torch.Tensor], teacher_targets: list[torch.Tensor]
@@ -137,11 +136,13 @@ class DINOLoss(nn.Module):
         """
         total = student_logits[0].new_zeros((), dtype=torch.float32)
         n_pairs = 0
+        # each student view's log-probabilities once, whatever the number of its targets
+        log_probs = [self.log_probs(logits) for logits in student_logits]
         for t_index, targets in enumerate(teacher_targets):
-            for s_index, logits in enumerate(student_logits):
+            for s_index, student in enumerate(log_probs):
                 if s_index == t_index:
                     continue  # same crop: no self-distillation
-                total = total + self.cross_entropy(logits, targets)
+                total = total - (targets * student).sum(dim=-1).mean()
                 n_pairs += 1
         if n_pairs == 0:
             raise ValueError("DINO loss needs at least two views (e.g. 2 global crops)")

@@ -279,11 +279,12 @@ class DINOTraining:
 
     @torch.no_grad()
     def after_optimizer_step(self, values: dict) -> None:
+        # teacher <- m teacher + (1 - m) student, as one pass: teacher + (1 - m)(student - teacher)
         momentum = values["teacher_momentum"]
-        teacher_params = list(self.teacher.parameters())
-        torch._foreach_mul_(teacher_params, momentum)
-        torch._foreach_add_(
-            teacher_params, [p.detach() for p in self.student.parameters()], alpha=1 - momentum
+        torch._foreach_lerp_(
+            list(self.teacher.parameters()),
+            [p.detach() for p in self.student.parameters()],
+            1 - momentum,
         )
 
     def state_dict(self) -> dict:
