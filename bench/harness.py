@@ -99,10 +99,12 @@ class Row:
         return within and self.extra_ok
 
     def as_dict(self) -> dict:
+        # three decimals where two would print the target itself for a ratio on either side
+        digits = 3 if f"{self.ratio:.2f}" == f"{self.target:.2f}" else 2
         if self.kind == "slowdown":
-            ratio, target = f"{self.ratio:.2f}x", f"<= {self.target:.2f}x"
+            ratio, target = f"{self.ratio:.{digits}f}x", f"<= {self.target:.2f}x"
         else:
-            ratio, target = f"{self.ratio:.2f}x faster", f">= {self.target:.2f}x faster"
+            ratio, target = f"{self.ratio:.{digits}f}x faster", f">= {self.target:.2f}x faster"
         return {
             "measure": self.measure,
             "ours": format_seconds(self.timing.ours),

@@ -35,6 +35,9 @@ def test_rows_judge_their_targets():
     assert df["met"].tolist() == ["NO", "yes", "NO"]
     assert df["ratio"].tolist()[:2] == ["1.20x", "20.00x faster"]
     assert markdown(df).count("\n") == 5
+    # a ratio that rounds to its target is printed with a third decimal
+    close = Row("d", Timing(1.2534, 1.0, [], []), "slowdown", 1.25)
+    assert close.as_dict()["ratio"] == "1.253x" and not close.met
 
 
 def test_morphem_restatement_scores_as_eval_chammi(tmp_path, capsys):
