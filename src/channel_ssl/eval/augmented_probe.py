@@ -167,15 +167,12 @@ class AugmentedTrainer:
         """``TrainedProbes`` of the sweep: standardised by the centre-crop training features
         ``x_train``; trained for ``settings.iterations`` steps of ``settings.batch_size``
         augmented images drawn without replacement within each pass over ``positions``."""
-        from channel_ssl.eval.linear_probe import TrainedProbes
+        from channel_ssl.eval.linear_probe import TrainedProbes, feature_statistics, initial_weights
 
         if positions is None:
             raise UserError("the augmented probe protocol needs the manifest rows of the task")
         positions = np.asarray(positions)
-        x = torch.as_tensor(np.asarray(x_train, np.float32))
-        mean = x.mean(0)
-        std = x.std(0, unbiased=False)
-        std = torch.where(std > 0, std, torch.ones_like(std))
+        mean, std = feature_statistics(torch.as_tensor(np.asarray(x_train, np.float32)))
         if multilabel:
             y = torch.as_tensor(np.asarray(y_train, np.float32))
             loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -184,11 +181,12 @@ class AugmentedTrainer:
             loss_fn = torch.nn.CrossEntropyLoss()
         lrs = config.learning_rates()
         gen = torch.Generator().manual_seed(config.seed)
-        n_features = x.shape[1]
+        n_features = len(mean)
         linears = torch.nn.ModuleList(torch.nn.Linear(n_features, n_classes) for _ in lrs)
         with torch.no_grad():
-            for lin in linears:
-                lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * 0.01)
+            weights = initial_weights(gen, len(lrs), n_classes, n_features)
+            for lin, weight in zip(linears, weights, strict=True):
+                lin.weight.copy_(weight)
                 lin.bias.zero_()
         linears.to(self.device)
         optimizer = torch.optim.AdamW(

@@ -236,6 +236,20 @@ def _probe_gradients(
     return grad, loss
 
 
+def feature_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F,) mean and std of training features ``x (n, F)`` that standardise every probe's
+    input; a constant feature gets std 1 (left unscaled)."""
+    std = x.std(0, unbiased=False)
+    return x.mean(0), torch.where(std > 0, std, torch.ones_like(std))
+
+
+def initial_weights(gen: torch.Generator, n_probes: int, n_classes: int, n_features: int):
+    """(n_probes, C, F) initial weights: N(0, 0.01^2), drawn classifier by classifier."""
+    return torch.stack(
+        [torch.randn((n_classes, n_features), generator=gen) * 0.01 for _ in range(n_probes)]
+    )
+
+
 def train_probes(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -258,9 +272,7 @@ def train_probes(
     x = torch.as_tensor(np.asarray(x_train, np.float32))
     if not torch.isfinite(x).all():
         raise UserError("training features contain NaN or inf")
-    mean = x.mean(0)
-    std = x.std(0, unbiased=False)
-    std = torch.where(std > 0, std, torch.ones_like(std))  # constant features: leave unscaled
+    mean, std = feature_statistics(x)
     x = ((x - mean) / std).to(device)
     if multilabel:
         y = torch.as_tensor(np.asarray(y_train, np.float32), device=device)
@@ -273,7 +285,7 @@ def train_probes(
     n_probes = len(lrs)
     # all classifiers in one (n_probes, C, F + 1) tensor, bias last: the same initial draws,
     # classifier by classifier, as one nn.Linear each (bias 0)
-    weight = torch.stack([torch.randn((n_classes, n_features), generator=gen) * 0.01 for _ in lrs])
+    weight = initial_weights(gen, n_probes, n_classes, n_features)
     theta = torch.cat([weight, torch.zeros(n_probes, n_classes, 1)], dim=2).to(device)
     # a column of ones multiplies the bias
     x = torch.cat([x, torch.ones(n, 1, device=device)], dim=1)

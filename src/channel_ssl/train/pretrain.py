@@ -86,9 +86,7 @@ from channel_ssl.train.run_config import (
     load_run_config,
 )
 from channel_ssl.train.schedules import TrainingSchedules, build_schedules
-from channel_ssl.train.ssl_meta_arch import (
-    build_training,
-)
+from channel_ssl.train.ssl_meta_arch import build_training
 
 log = logging.getLogger("channel_ssl.pretrain")
 
