@@ -33,7 +33,7 @@ test-e2e: venv
 	python -m pytest -m slow
 
 # Does pretraining learn? CPU-scale runs of every family against random init, two at a time
-# (10.4 min measured on a fresh clone, 2 quiet cores; budget 20 min);
+# (11.4 min measured on a fresh clone at 52a7ad4, 2 cores; budget 20 min);
 # exits 1 when a target is missed. Writes results/learning/summary.{csv,md}.
 learning-check: venv
 	channel-ssl learning-check --config config/learning.yaml --out results/learning --threads 1 --jobs $(CORES)
@@ -44,9 +44,9 @@ test-slurm: venv
 
 # Each performance measure beside its reference, interleaved and repeated in one process
 # (docs/bench.md); writes bench/results/latest.{md,csv}, exits 1 when a CPU target is missed.
-# BENCH_THREADS=1 gives steadier ratios on cores shared with other jobs. Measured: 32.8 min
-# with --threads 1 --repeats 3 --heavy-repeats 2 while other jobs kept the 2 cores' load at
-# 10-15 (the budget, 10 min, is for an idle machine; not measured idle yet)
+# BENCH_THREADS=1 gives steadier ratios on cores shared with other jobs. Measured: 7.7 min
+# with the defaults on 2 otherwise idle cores (budget 10 min); 32.8 min with --threads 1
+# --repeats 3 --heavy-repeats 2 while other jobs kept the 2 cores' load at 10-15
 BENCH_THREADS ?= $(CORES)
 bench: venv
 	python -m bench --threads $(BENCH_THREADS)
