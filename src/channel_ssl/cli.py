@@ -97,6 +97,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "channel_ssl.learning_check",
         "pretrain every family at CPU scale and score it against random init",
     ),
+    "warm": (
+        "channel_ssl.warm",
+        "run a command (e.g. snakemake) whose channel-ssl jobs start with their imports done",
+    ),
 }
 
 
@@ -123,6 +127,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        # under ``channel-ssl warm``: run in its fork server (torch etc. already imported)
+        from channel_ssl import warm
+
+        status = warm.forward(sys.argv[1:])
+        if status is not None:
+            return status
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in COMMANDS), None)
     args = build_parser(command).parse_args(argv)

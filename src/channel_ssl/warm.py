@@ -1,0 +1,508 @@
+"""Warm start for short jobs: ``channel-ssl warm -- COMMAND`` runs COMMAND (e.g. snakemake)
+with a fork server whose interpreter has already imported torch, timm, numpy, pandas, faiss and
+this package's commands.
+
+Why: a demo job trains or scores for about 2 s but spends about 4 s importing torch and timm
+(timm imports torchvision). Under ``warm`` every ``channel-ssl`` started by COMMAND, directly
+or by Snakemake's jobs, hands its arguments, working directory, environment and its stdin,
+stdout and stderr to the server, which forks a child that runs the command as the process
+itself would have. The job's own process waits, passes signals on to the child, and exits with
+the child's status, so Snakemake sees an ordinary job. Results are the same as a cold start:
+the server imports modules but runs no computation, so no random generator, thread pool or
+allocator state differs (``make demo``'s outputs are byte-identical warm and cold).
+
+A job runs cold (imports in its own process, as without ``warm``) when there is no server yet
+or any more, or when the server is not the same Python as the job's: another interpreter or
+package directory (e.g. a Snakemake ``--use-conda`` environment), another value of a variable
+read at import time (``PYTHON*``, ``OMP_*``, ``MKL_*``, ``LD_*``, ...), or another cgroup or
+SLURM job (a cluster job must run inside its own allocation, never in the server's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+# the server's address, in the environment of COMMAND and of everything it starts
+ADDRESS_ENV = "CHANNEL_SSL_WARM"
+# variables read when modules are imported or libraries loaded: they must be the server's
+IMPORT_TIME_PREFIXES = (
+    "PYTHON",
+    "OMP_",
+    "GOMP_",
+    "KMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "NUMBA_",
+    "TORCH",
+    "PYTORCH_",
+    "LD_",
+    "MALLOC_",
+    "ARROW_",
+    "MPL",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+)
+# thread counts Snakemake sets per job (``threads:``): applied in the job's child at run time
+# (threadpoolctl for OpenMP and BLAS, torch.set_num_threads), as the libraries would read them
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# commands that never go through the server: ``warm`` itself starts one
+COLD_COMMANDS = frozenset({"warm"})
+_HEADER = struct.Struct("!I")
+
+
+def identity() -> dict:
+    """What must be equal between the server and a job for the job to run in the server."""
+    import channel_ssl
+
+    try:
+        with open("/proc/self/cgroup") as fh:
+            cgroup = fh.read()
+    except OSError:
+        cgroup = None
+    return {
+        "executable": os.path.realpath(sys.executable),
+        "package": os.path.dirname(os.path.realpath(channel_ssl.__file__)),
+        # sys.path[0] is the started script's folder (the child takes the job's, see below)
+        "path": [os.path.realpath(p) if p else p for p in sys.path[1:]],
+        "script_dir": sys.path[0] if sys.path else "",
+        "import_env": {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(IMPORT_TIME_PREFIXES) and k not in THREAD_VARS
+        },
+        "thread_vars": {k: os.environ[k] for k in THREAD_VARS if k in os.environ},
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+        "cgroup": cgroup,
+        "uid": os.getuid(),
+    }
+
+
+def _difference(mine: dict, theirs: dict) -> str | None:
+    """None when the two identities agree, else what differs (for the server's summary)."""
+    for key in mine:
+        if key == "script_dir":
+            continue
+        if key == "thread_vars":
+            # the server, started without them, applies a job's; one started with them cannot
+            if mine[key] and mine[key] != theirs.get(key):
+                return "environment variable " + ", ".join(sorted(mine[key]))
+            continue
+        if key == "import_env":
+            names = sorted(set(mine[key]) ^ set(theirs.get(key, {})))
+            names += sorted(
+                k
+                for k in set(mine[key]) & set(theirs.get(key, {}))
+                if mine[key][k] != theirs[key][k]
+            )
+            if names:
+                return "environment variable " + ", ".join(names)
+        elif mine[key] != theirs.get(key):
+            return key
+    return None
+
+
+# ------------------------------------------------------------------------------- the job side
+
+
+def forward(argv: list[str]) -> int | None:
+    """Run ``channel-ssl argv`` in the warm server when there is a usable one.
+
+    Returns the command's exit status, or None when the caller should run it itself (no
+    server, a server of another Python, stdio not open).
+    """
+    address = os.environ.get(ADDRESS_ENV)
+    if not address or (argv and argv[0] in COLD_COMMANDS):
+        return None
+    try:
+        for fd in (0, 1, 2):
+            os.fstat(fd)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(address)
+    except OSError:
+        return None
+    with sock:
+        request = {
+            "argv": argv,
+            "cwd": os.getcwd(),
+            "env": dict(os.environ),
+            "identity": identity(),
+        }
+        payload = json.dumps(request).encode()
+        try:
+            socket.send_fds(sock, [_HEADER.pack(len(payload)) + payload], [0, 1, 2])
+            replies = sock.makefile("r")
+            first = json.loads(replies.readline() or "{}")
+        except (OSError, ValueError):
+            return None
+        if "pid" not in first:
+            return None  # refused (another Python) or the server is stopping: run here
+        child = int(first["pid"])
+
+        def pass_on(signum, _frame):
+            try:
+                os.killpg(child, signum)
+            except ProcessLookupError:
+                pass
+
+        for signum in FORWARDED_SIGNALS:
+            signal.signal(signum, pass_on)
+        try:
+            last = json.loads(replies.readline() or "{}")
+        except (OSError, ValueError):
+            last = {}
+    if "exit" not in last:
+        print(
+            f"channel-ssl {argv[0] if argv else ''}: error: the warm server ({address}) "
+            f"stopped while running this command (pid {child})",
+            file=sys.stderr,
+        )
+        return 1
+    code = int(last["exit"])
+    if code < 0:
+        # the child died of a signal: die of the same one, so the caller sees what it would
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+# ---------------------------------------------------------------------------- the server side
+
+
+def preload() -> list[str]:
+    """Import what the commands need (no computation); returns the modules imported."""
+    import importlib
+
+    from channel_ssl import cli
+
+    names = ["numpy", "pandas", "torch", "timm", "faiss", "tifffile", "threadpoolctl"]
+    names += sorted({module for module, _help in cli.COMMANDS.values()} - {"channel_ssl.warm"})
+    for name in names:
+        importlib.import_module(name)
+    return names
+
+
+def _as_after_imports(job: dict, added_env: dict) -> dict:
+    """A job's identity as it would be after its own imports (they setdefault ``added_env``)."""
+    names = [k for k in added_env if k.startswith(IMPORT_TIME_PREFIXES) and k not in THREAD_VARS]
+    return {**job, "import_env": {**{k: added_env[k] for k in names}, **job.get("import_env", {})}}
+
+
+def _apply_thread_counts(env: dict) -> None:
+    """Thread counts from the job's environment, as the libraries would have read them when
+    they were loaded: OpenMP from OMP_NUM_THREADS, OpenBLAS and MKL from their own variable
+    or OMP_NUM_THREADS, torch's intra-op threads from OMP_NUM_THREADS or MKL_NUM_THREADS."""
+
+    def count(*names: str) -> int | None:
+        for name in names:
+            try:
+                return max(1, int(env[name]))
+            except (KeyError, ValueError):
+                continue
+        return None
+
+    limits = {
+        "openmp": count("OMP_NUM_THREADS"),
+        "openblas": count("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"),
+        "mkl": count("MKL_NUM_THREADS", "OMP_NUM_THREADS"),
+    }
+    limits = {api: n for api, n in limits.items() if n is not None}
+    if not limits:
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=limits)
+    torch_threads = count("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    if torch_threads is not None and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(torch_threads)
+
+
+def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
+    conn.settimeout(10)
+    data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 16, 3)
+    if len(data) < _HEADER.size:
+        raise ValueError("short request")
+    (size,) = _HEADER.unpack(data[: _HEADER.size])
+    body = data[_HEADER.size :]
+    while len(body) < size:
+        chunk = conn.recv(size - len(body))
+        if not chunk:
+            raise ValueError("truncated request")
+        body += chunk
+    conn.settimeout(None)
+    return json.loads(body), fds
+
+
+def _run_child(request: dict, fds: list[int], main) -> None:
+    """In the forked child: become the job's process, run ``main(argv)``, never return."""
+    import atexit
+    import io
+
+    code = 1
+    try:
+        os.setpgid(0, 0)  # the job's process forwards signals to this group
+        for signum in (*FORWARDED_SIGNALS, signal.SIGCHLD, signal.SIGPIPE):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.set_wakeup_fd(-1)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        for target, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+            raw = io.FileIO(target, mode, closefd=False)
+            stream = io.TextIOWrapper(
+                io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw),
+                line_buffering=(name == "stderr" or os.isatty(target)),
+                errors="backslashreplace" if name == "stderr" else None,
+            )
+            setattr(sys, name, stream)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = ["channel-ssl", *request["argv"]]
+        sys.path[0] = request["identity"]["script_dir"]
+        _apply_thread_counts(os.environ)
+        if "numpy" in sys.modules:
+            # numpy's global generator, seeded from the OS as in a new process (Python's
+            # ``random`` reseeds itself after a fork); torch's default generator is untouched
+            # in the server, so it starts from its fixed default seed as in a new process
+            sys.modules["numpy"].random.seed()  # noqa: NPY002
+        try:
+            code = main(list(request["argv"]))
+        except SystemExit as exc:  # argparse's errors and --help, as the console script
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except KeyboardInterrupt:
+            code = 128 + signal.SIGINT
+        except BaseException:  # noqa: BLE001 - reported as the interpreter would
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        atexit._run_exitfuncs()  # what a normal interpreter exit runs (log handlers flush)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code if isinstance(code, int) else 1)
+
+
+class _Server:
+    def __init__(self, address: str, verbose: bool, main=None) -> None:
+        """``main(argv) -> int`` runs a job's command in its child (default: ``cli.main``)."""
+        if main is None:
+            from channel_ssl.cli import main
+        self.main = main
+        self.address = address
+        self.verbose = verbose
+        self.me = identity()  # before the imports: jobs are compared with the server as started
+        self.added_env: dict[str, str] = {}
+        self.jobs: dict[int, socket.socket | None] = {}  # child pid -> its job's connection
+        self.forked = 0
+        self.refused: dict[str, int] = {}
+        self.stopping = False
+
+    def say(self, message: str) -> None:
+        print(f"channel-ssl warm: {message}", file=sys.stderr, flush=True)
+
+    def serve(self) -> None:
+        started = time.perf_counter()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the jobs, not the server
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
+        wake_r, wake_w = self.wake = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        before = dict(os.environ)
+        modules = preload()
+        # variables the imports set (torch sets KMP_*, e.g.): a cold job would have them too
+        self.added_env = {k: v for k, v in os.environ.items() if before.get(k) != v}
+        self.me = identity()  # now with what the imports set, as a job's would be after them
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.address)
+        listener.listen(128)
+        self.say(f"ready in {time.perf_counter() - started:.1f} s ({len(modules)} modules)")
+        parent = os.getppid()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ, "accept")
+        self.selector.register(wake_r, selectors.EVENT_READ, "wake")
+        self.listener = listener
+        try:
+            while not self.stopping and os.getppid() == parent:
+                for key, _ in self.selector.select(timeout=1.0):
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wake":
+                        try:
+                            os.read(wake_r, 512)
+                        except BlockingIOError:
+                            pass
+                    else:
+                        self._job_closed(key.fileobj, key.data)
+                self._reap()
+        finally:
+            self._stop()
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        fds: list[int] = []
+        try:
+            request, fds = _receive(conn)
+            why = _difference(self.me, _as_after_imports(request["identity"], self.added_env))
+            if why is None and len(fds) != 3:
+                why = "stdio not passed"
+        except (OSError, ValueError, KeyError) as exc:
+            request, why = {}, f"bad request ({exc})"
+        if why is not None:
+            self.refused[why] = self.refused.get(why, 0) + 1
+            for fd in fds:
+                os.close(fd)
+            self._send(conn, {"refused": why})
+            conn.close()
+            return
+        pid = os.fork()
+        if pid == 0:
+            self.selector.close()
+            for fd in (self.listener.fileno(), *self.wake):
+                os.close(fd)
+            for other in self.jobs.values():
+                if other is not None:
+                    other.close()
+            conn.close()
+            request["env"] = {**self.added_env, **request["env"]}
+            _run_child(request, fds, self.main)
+        try:
+            os.setpgid(pid, pid)  # also done by the child: whichever runs first
+        except OSError:
+            pass
+        for fd in fds:
+            os.close(fd)
+        self.forked += 1
+        self.jobs[pid] = conn
+        if self.verbose:
+            self.say(f"pid {pid}: channel-ssl {' '.join(request['argv'])}")
+        self._send(conn, {"pid": pid})
+        self.selector.register(conn, selectors.EVENT_READ, pid)
+
+    def _send(self, conn: socket.socket, message: dict) -> None:
+        try:
+            conn.sendall((json.dumps(message) + "\n").encode())
+        except OSError:
+            pass
+
+    def _job_closed(self, conn: socket.socket, pid: int) -> None:
+        """The job's process went away (killed) before its child finished: stop the child."""
+        self.selector.unregister(conn)
+        conn.close()
+        self.jobs[pid] = None
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def _reap(self) -> None:
+        while self.jobs:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.jobs.pop(pid, None)
+            if conn is not None:
+                self.selector.unregister(conn)
+                self._send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+                conn.close()
+
+    def _stop(self) -> None:
+        self.listener.close()
+        try:
+            os.unlink(self.address)
+        except OSError:
+            pass
+        for pid in list(self.jobs):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while self.jobs and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        cold = ", ".join(f"{n} ({why})" for why, n in sorted(self.refused.items()))
+        self.say(f"{self.forked} jobs started warm" + (f"; run cold: {cold}" if cold else ""))
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose", action="store_true", help="print a line for every job the server starts"
+    )
+    parser.add_argument(
+        "command_line",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND",
+        help="the command to run, e.g. -- snakemake --profile profiles/local",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    command = list(args.command_line)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        print(
+            "channel-ssl warm: error: no command given (channel-ssl warm -- COMMAND)",
+            file=sys.stderr,
+        )
+        return 2
+    with tempfile.TemporaryDirectory(prefix="channel-ssl-warm-") as folder:
+        address = os.path.join(folder, "server.sock")  # the folder is the user's only (0700)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "channel_ssl.warm", address]
+            + (["--verbose"] if args.verbose else [])
+        )
+        env = {**os.environ, ADDRESS_ENV: address}
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is COMMAND's to handle
+        try:
+            job = subprocess.Popen(command, env=env)
+            signal.signal(signal.SIGTERM, lambda signum, _frame: job.send_signal(signum))
+            status = job.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    return status if status >= 0 else 128 - status
+
+
+def _serve_main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m channel_ssl.warm")
+    parser.add_argument("address")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    _Server(args.address, args.verbose).serve()
+
+
+if __name__ == "__main__":
+    _serve_main()
