@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from channel_ssl.audit import audit
 from channel_ssl.provenance import read_record
@@ -69,6 +70,64 @@ def test_second_run_has_nothing_to_do(smoke):
     _, args = smoke
     out = snakemake("-n", *TARGETS, *args).stdout
     assert "Nothing to be done" in out
+
+
+def _same(a, b, where: str) -> None:
+    """Checkpoint contents equal, tensors exactly (the saved global numpy and python generator
+    states are left out: unseeded, they differ between any two cold runs too)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            if not (where.endswith("/rng") and k in ("numpy", "python")):
+                _same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.slow
+def test_under_warm_every_output_is_the_cold_one(smoke, tmp_path):
+    """``channel-ssl warm`` (what ``make demo`` runs) changes nothing but the start-up time."""
+    cold, _ = smoke
+    results = tmp_path / "results"
+    args = ("--configfile", "config/smoke.yaml", "--config", f"results_dir={results}")
+    cli = Path(sys.executable).parent / "channel-ssl"
+    done = subprocess.run(
+        [str(cli), "warm", "--", sys.executable, "-m", "snakemake", "--cores", "2"]
+        + [*TARGETS, *args],
+        cwd=REPO,
+        env=dict(os.environ, PATH="/usr/bin:/bin"),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    summary = done.stderr.strip().splitlines()[-1]
+    assert summary.startswith("channel-ssl warm: ") and int(summary.split()[2]) > 10, summary
+    files = sorted(p.relative_to(results) for p in results.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(cold) for p in cold.rglob("*") if p.is_file())
+    compared = 0
+    for rel in files:
+        if rel.name.endswith((".prov.json", ".log")):  # times, hosts and process ids
+            continue
+        if rel.suffix == ".pt":
+            _same(
+                torch.load(cold / rel, weights_only=False),
+                torch.load(results / rel, weights_only=False),
+                str(rel),
+            )
+        else:
+            warm_bytes = (results / rel).read_bytes()
+            assert (
+                warm_bytes.replace(str(results).encode(), str(cold).encode())
+                == (cold / rel).read_bytes()
+            ), rel
+        compared += 1
+    assert compared > 50
 
 
 @pytest.mark.slow

@@ -108,6 +108,14 @@ def test_a_job_with_another_import_time_environment_runs_cold(tmp_path):
     assert "1 jobs started warm; run cold: 1 (environment variable PYTHONHASHSEED)" in done.stderr
 
 
+def test_a_command_that_cannot_run_is_named(tmp_path):
+    done = subprocess.run(
+        [CLI, "warm", "--", "no-such-command-here"], capture_output=True, text=True, env=_env()
+    )
+    assert done.returncode == 127
+    assert "cannot run 'no-such-command-here'" in done.stderr
+
+
 def test_no_server_means_the_job_runs_itself(tmp_path, monkeypatch):
     monkeypatch.setenv(warm.ADDRESS_ENV, str(tmp_path / "no-such.sock"))
     assert warm.forward(["check-config", "--help"]) is None
@@ -125,6 +133,12 @@ _SERVER = textwrap.dedent(
         if argv[0] == "sleep":
             print(f"child {os.getpid()}", flush=True)
             time.sleep(float(argv[1]))
+            return 0
+        if argv[0] == "preempted":  # as pretraining does: checkpoint and exit 75 on SIGUSR1
+            import signal
+            signal.signal(signal.SIGUSR1, lambda *_: sys.exit(75))
+            print(f"child {os.getpid()}", flush=True)
+            time.sleep(60)
             return 0
         if argv[0] == "threads":
             import torch
@@ -184,6 +198,11 @@ def test_signals_reach_the_child_and_its_status_comes_back(server):
     assert client.stdout.readline().startswith("child ")
     client.send_signal(signal.SIGTERM)
     assert client.wait(timeout=30) == -signal.SIGTERM  # as a cold process killed so would
+
+    preempted = _client(address, "preempted")
+    assert preempted.stdout.readline().startswith("child ")
+    preempted.send_signal(signal.SIGUSR1)
+    assert preempted.wait(timeout=30) == 75  # the job's handler ran, in the child
 
     failing = _client(address, "boom")
     out, err = failing.communicate(timeout=30)

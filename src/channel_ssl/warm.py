@@ -55,7 +55,15 @@ IMPORT_TIME_PREFIXES = (
 # thread counts Snakemake sets per job (``threads:``): applied in the job's child at run time
 # (threadpoolctl for OpenMP and BLAS, torch.set_num_threads), as the libraries would read them
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# SIGUSR1 included: it is the preemption signal pretraining checkpoints on (exit 75)
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 # commands that never go through the server: ``warm`` itself starts one
 COLD_COMMANDS = frozenset({"warm"})
 _HEADER = struct.Struct("!I")
@@ -464,6 +472,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _cannot_run(command: list[str], exc: OSError) -> int:
+    print(f"channel-ssl warm: error: cannot run {command[0]!r}: {exc}", file=sys.stderr)
+    return 127  # as a shell reports a command it cannot find
+
+
 def run(args: argparse.Namespace) -> int:
     command = list(args.command_line)
     if command[:1] == ["--"]:
@@ -474,6 +487,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if not sys.platform.startswith("linux"):
+        # forking a process that has loaded torch is only known to be safe on Linux (macOS's
+        # system libraries, e.g., are not fork-safe once initialised): run COMMAND plainly
+        print("channel-ssl warm: not on Linux, jobs start cold", file=sys.stderr)
+        try:
+            return subprocess.call(command)
+        except OSError as exc:
+            return _cannot_run(command, exc)
     with tempfile.TemporaryDirectory(prefix="channel-ssl-warm-") as folder:
         address = os.path.join(folder, "server.sock")  # the folder is the user's only (0700)
         server = subprocess.Popen(
@@ -483,7 +504,10 @@ def run(args: argparse.Namespace) -> int:
         env = {**os.environ, ADDRESS_ENV: address}
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is COMMAND's to handle
         try:
-            job = subprocess.Popen(command, env=env)
+            try:
+                job = subprocess.Popen(command, env=env)
+            except OSError as exc:
+                return _cannot_run(command, exc)
             signal.signal(signal.SIGTERM, lambda signum, _frame: job.send_signal(signum))
             status = job.wait()
         finally:
