@@ -20,7 +20,8 @@ import pytest
 import torch
 from test_pretrain import corpus_path, tiny_config  # noqa: F401 (fixture)
 
-from channel_ssl import warm
+from channel_ssl import warm_client
+from channel_ssl.provenance import read_record
 from channel_ssl.train.checkpoint import load_checkpoint
 
 BIN = Path(sys.executable).parent
@@ -30,7 +31,7 @@ WAIT = 'while [ ! -S "$CHANNEL_SSL_WARM" ]; do sleep 0.1; done; '
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != warm.ADDRESS_ENV}
+    env = {k: v for k, v in os.environ.items() if k != warm_client.ADDRESS_ENV}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env
@@ -94,6 +95,11 @@ def test_a_warm_training_run_gives_the_cold_weights(corpus_path, tmp_path):  # n
         assert a[key].keys() == b[key].keys()
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    # the provenance records say which process made each, and whether it was forked warm
+    cold_rec = read_record(tmp_path / "cold" / "checkpoint.pt")["process"]
+    warm_rec = read_record(tmp_path / "warm" / "checkpoint.pt")["process"]
+    assert cold_rec["warm_server"] is None and isinstance(warm_rec["warm_server"], int)
+    assert warm_rec["pid"] != warm_rec["warm_server"]
 
 
 def test_a_job_with_another_import_time_environment_runs_cold(tmp_path):
@@ -117,9 +123,9 @@ def test_a_command_that_cannot_run_is_named(tmp_path):
 
 
 def test_no_server_means_the_job_runs_itself(tmp_path, monkeypatch):
-    monkeypatch.setenv(warm.ADDRESS_ENV, str(tmp_path / "no-such.sock"))
-    assert warm.forward(["check-config", "--help"]) is None
-    assert warm.forward(["warm", "--", "true"]) is None  # never nested through a server
+    monkeypatch.setenv(warm_client.ADDRESS_ENV, str(tmp_path / "no-such.sock"))
+    assert warm_client.forward(["check-config", "--help"]) is None
+    assert warm_client.forward(["warm", "--", "true"]) is None  # never nested through a server
 
 
 # A server whose "command" sleeps, reports its thread counts, or fails: started in its own
@@ -152,7 +158,9 @@ _SERVER = textwrap.dedent(
     warm._Server(sys.argv[1], True, main=main).serve()
     """
 )
-_CLIENT = "import sys; from channel_ssl import warm; sys.exit(warm.forward(sys.argv[1:]))"
+_CLIENT = (
+    "import sys; from channel_ssl import warm_client; sys.exit(warm_client.forward(sys.argv[1:]))"
+)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +182,7 @@ def server(tmp_path_factory):
 def _client(address, *argv, **env):
     return subprocess.Popen(
         [sys.executable, "-c", _CLIENT, *argv],
-        env=_env(**{warm.ADDRESS_ENV: address}, **env),
+        env=_env(**{warm_client.ADDRESS_ENV: address}, **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

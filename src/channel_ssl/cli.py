@@ -129,9 +129,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         # under ``channel-ssl warm``: run in its fork server (torch etc. already imported)
-        from channel_ssl import warm
+        from channel_ssl import warm_client
 
-        status = warm.forward(sys.argv[1:])
+        status = warm_client.forward(sys.argv[1:])
         if status is not None:
             return status
     argv = list(sys.argv[1:] if argv is None else argv)

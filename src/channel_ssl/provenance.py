@@ -17,6 +17,8 @@ Every ``channel-ssl`` step that writes files leaves, beside each of its main out
     versions      python, channel_ssl, torch, CUDA, timm, faiss, numpy, snakemake, ...
     host, gpu     machine and GPU model (if a GPU was used)
     job           SLURM job id / array task / node list (or null when run locally)
+    process       {pid, warm_server}: the step's process id, and the ``channel-ssl warm``
+                  server's that forked it (null when it started cold)
     start, end    UTC timestamps
     record_hash   sha256 of the record without this field
 
@@ -37,6 +39,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from channel_ssl import warm_client
 from channel_ssl.atomic import write_json
 
 SUFFIX = ".prov.json"
@@ -262,6 +265,7 @@ def write_records(command: str, argv: list[str], args, io: StepIO, start: str) -
         "host": socket.gethostname(),
         "gpu": gpu_model(),
         "job": slurm_job(),
+        "process": {"pid": os.getpid(), "warm_server": warm_client.SERVER_PID},
         "start": start,
         "end": now(),
     }
