@@ -62,7 +62,8 @@ class _PrototypeScores(torch.autograd.Function):
         grad_v = None
         if ctx.needs_input_grad[1]:
             radial = (grad_scaled * scores).sum(dim=0).mul_(inv).mul_(unclamped)
-            grad_v = (grad_scaled.t() @ z).sub_(v * radial[:, None])
+            # in place: a (P, D) temporary for v * radial cost as much as the product here
+            grad_v = (grad_scaled.t() @ z).addcmul_(v, radial[:, None], value=-1.0)
         return grad_z, grad_v, None
 
 

@@ -77,6 +77,7 @@ from channel_ssl.train.checkpoint import (
 )
 from channel_ssl.train.collapse import CollapseMonitor
 from channel_ssl.train.distributed import DistInfo, init_distributed
+from channel_ssl.train.host_memory import freed_host_memory_kept
 from channel_ssl.train.param_groups import build_optimizer, clip_gradients
 from channel_ssl.train.preemption import REQUEUE_EXIT, GracefulStop, StopRequested
 from channel_ssl.train.run_config import (
@@ -333,7 +334,8 @@ def train(
         log.info("%s", describe_run(cfg, corpus, student, resolved, info, device_kind, use_bf16))
     student.train()
     iteration = start
-    with GracefulStop() as stop:
+    # on CPU each step's large temporaries are reused, not faulted in from the kernel again
+    with GracefulStop() as stop, freed_host_memory_kept(device_kind == "cpu"):
         for iteration, batch in zip(range(start, resolved.total_iterations), loader, strict=True):
             values = schedules.at(iteration)
             for group in optimizer.param_groups:
