@@ -72,6 +72,34 @@ def test_masked_rows_are_never_chosen_and_near_ties_are_flagged():
     assert decision_margin(384) < 1e-4
 
 
+def test_tiles_give_the_whole_product_answer():
+    """Any tiling of the reference rows: the same first maximum and the same near-ties as one
+    (query x all rows) product, with ties inside a tile and across tiles, and masked tiles."""
+    rng = np.random.default_rng(5)
+    reference = rng.standard_normal((37, 6)).astype(np.float32)
+    reference[[9, 21, 33]] = reference[4]  # exact ties: within the first tile and across
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    queries = np.concatenate([reference[[4, 0, 21]], rng.standard_normal((20, 6))])
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    groups = np.repeat(np.arange(4), [5, 12, 10, 10])
+    query_groups = rng.integers(0, 4, len(queries))
+    for masked in (False, True):
+        args = (groups, query_groups) if masked else ()
+        sims = queries @ reference.T
+        if masked:
+            sims[query_groups[:, None] == groups[None, :]] = -np.inf
+        first_max = sims.argmax(axis=1)  # numpy: the first maximum
+        whole = nearest_rows(reference, queries, *args, reference_block=10_000)
+        np.testing.assert_array_equal(whole[0], first_max)
+        for reference_block in (1, 2, 5, 11):
+            tiled = nearest_rows(
+                reference, queries, *args, block=7, reference_block=reference_block
+            )
+            np.testing.assert_array_equal(tiled[0], whole[0])
+            np.testing.assert_array_equal(tiled[1], whole[1])
+        assert whole[1][0]  # rows 4, 9, 21, 33 tie, one group per row: >= 3 stay visible
+
+
 def test_folds_not_of_the_protocol_shape_fall_back():
     rng = np.random.default_rng(1)
     meta, features = _cp_like(rng)
