@@ -16,7 +16,7 @@ _SCRIPT = textwrap.dedent(
     """
     import json, resource, sys
     import torch
-    from channel_ssl.train.host_memory import freed_host_memory_kept
+    from channel_ssl.host_memory import freed_host_memory_kept
 
     def faults(rounds, mib):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

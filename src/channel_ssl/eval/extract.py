@@ -44,6 +44,7 @@ from channel_ssl.eval.features import (
     make_all_features,
     n_last_blocks_needed,
 )
+from channel_ssl.host_memory import freed_host_memory_kept
 from channel_ssl.progress import ProgressLogger
 from channel_ssl.provenance import StepIO
 from channel_ssl.step_io import manifest_file
@@ -173,7 +174,8 @@ def extract_features(
     backbone = backbone.to(device).eval()
     out: dict[str, np.ndarray] = {}
     progress = ProgressLogger(count_batches(manifest, batch_size), every=10, unit="img", logger=log)
-    with torch.no_grad():
+    # on CPU each batch's large temporaries are reused, not faulted in again (host_memory.py)
+    with torch.no_grad(), freed_host_memory_kept(device.type == "cpu"):
         for step, (rows, images) in enumerate(iter_batches(manifest, store, batch_size)):
             images = select_channels(images, channels, manifest_path)
             x = (prepare or (lambda im: prepare_batch(im, crop_size)))(images).to(device)

@@ -66,6 +66,7 @@ from channel_ssl.data.pretrain_batches import (
     mean_channels,
 )
 from channel_ssl.errors import UserError
+from channel_ssl.host_memory import freed_host_memory_kept
 from channel_ssl.progress import IntervalMeans, ProgressLogger
 from channel_ssl.provenance import StepIO
 from channel_ssl.train.checkpoint import (
@@ -77,7 +78,6 @@ from channel_ssl.train.checkpoint import (
 )
 from channel_ssl.train.collapse import CollapseMonitor
 from channel_ssl.train.distributed import DistInfo, init_distributed
-from channel_ssl.train.host_memory import freed_host_memory_kept
 from channel_ssl.train.param_groups import build_optimizer, clip_gradients
 from channel_ssl.train.preemption import REQUEUE_EXIT, GracefulStop, StopRequested
 from channel_ssl.train.run_config import (
