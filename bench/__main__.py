@@ -14,6 +14,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MEASURES = ("ha", "step-micro", "step-vit-s", "probe", "knn", "shards")
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else the machine type."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch, BLAS, faiss)")
@@ -75,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"Benchmark ({'quick, ' if args.quick else ''}medians of {repeats} interleaved runs, "
         f"{heavy} for the probe and the 1-NN; {args.threads} threads) on {platform.node()}: "
-        f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPU cores, {_cpu_model()}, "
         f"torch {torch.__version__}; load average at the end {os.getloadavg()[0]:.1f}; "
         f"{elapsed / 60:.1f} min.\n\n"
     )
