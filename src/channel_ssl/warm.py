@@ -188,7 +188,6 @@ class _Server:
     def serve(self) -> None:
         started = time.perf_counter()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the jobs, not the server
-        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
         wake_r, wake_w = self.wake = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -202,6 +201,9 @@ class _Server:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(self.address)
         listener.listen(128)
+        # from here a SIGTERM stops the server in order (its jobs first); before, while it
+        # imports, the default action ends it at once (nothing to clean up yet)
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
         self.say(f"ready in {time.perf_counter() - started:.1f} s ({len(modules)} modules)")
         parent = os.getppid()
         self.selector = selectors.DefaultSelector()
