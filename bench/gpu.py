@@ -283,8 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report["extraction"]), flush=True)
     save()
     iterations = 4 if args.quick else args.iterations
+    work = args.work or args.out / "work"
     report["paper_run"] = short_paper_run(
-        args.out, device, iterations, 8 if args.quick else args.batch
+        args.out, work, device, iterations, 8 if args.quick else args.batch
     )
     save()
     print(render(report), flush=True)
