@@ -129,7 +129,7 @@ def training_step(size: StepSize, family: str, device: torch.device, steps: int)
         "max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
         if device.type == "cuda"
         else None,
-        "loss": float(terms["total"]),
+        "loss": float(terms["total"].detach()),
     }
 
 

@@ -54,3 +54,22 @@ def test_morphem_restatement_scores_as_eval_chammi(tmp_path, capsys):
         np.testing.assert_array_equal(mine["accuracy"].to_numpy(), theirs["accuracies"])
         np.testing.assert_array_equal(mine["f1_score_macro"].to_numpy(), theirs["f1scores_macro"])
     assert "Running classification pipeline" in capsys.readouterr().out
+
+
+def test_gpu_section_runs_at_toy_sizes_on_cpu(tmp_path):
+    """bench/gpu.py --quick: every part runs (the GPU numbers themselves need CUDA)."""
+    import json
+
+    from bench import gpu
+
+    assert gpu.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"), "--quick"]) == 0
+    report = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert [s["family"] for s in report["steps"]] == ["boc", "cvit"]
+    # FLOPs counted over a whole step: the Channel-ViT sees 5 channels as tokens, BoC one
+    boc, cvit = report["steps"]
+    assert 0 < boc["model_tflop_per_step"] < cvit["model_tflop_per_step"]
+    assert boc["mfu"] is None  # no bf16 peak on CPU
+    assert report["extraction"]["images_per_s"] > 0
+    run = report["paper_run"]
+    assert run["ln_k"] == pytest.approx(np.log(256)) and np.isfinite(run["last_dino"])
+    assert "Paper ViT-S/16 BoC recipe" in (tmp_path / "out" / "gpu.md").read_text()
