@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.models import StepSize, _batch, _run_config
+from bench.models import StepSize, _batch, _run_config, step_function
 
 # bf16 dense tensor-core peaks (vendor figures, no sparsity), by device name
 PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12}
@@ -75,7 +75,6 @@ def _cvit_batch(size: StepSize, cfg, n_channels: int) -> dict:
 def training_step(size: StepSize, family: str, device: torch.device, steps: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from channel_ssl.train.param_groups import build_optimizer, clip_gradients
     from channel_ssl.train.run_config import load_run_config
     from channel_ssl.train.ssl_meta_arch import build_training
 
@@ -87,22 +86,9 @@ def training_step(size: StepSize, family: str, device: torch.device, steps: int)
         raw["model"]["k_max"] = n_channels
     cfg = load_run_config(raw)
     training = build_training(cfg, device)
-    student = training.student
-    optimizer = build_optimizer(student, cfg, lr=1e-4)
     batch = _cvit_batch(size, cfg, n_channels) if family == "cvit" else _batch(size, cfg)
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    values = {"teacher_temp": 0.04, "teacher_momentum": 0.996}
-    student.train()
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            terms = training.loss_terms(student, batch, values)
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        clip_gradients(student, cfg.clip_grad)
-        optimizer.step()
-        training.after_optimizer_step(values)
-        return terms
+    step = step_function(training, cfg, batch, device, bf16=device.type == "cuda")
 
     for _ in range(3):
         step()

@@ -116,6 +116,30 @@ def _batch(size: StepSize, cfg) -> dict:
     }
 
 
+def step_function(training, cfg, batch: dict, device: torch.device, bf16: bool = False):
+    """One training step as ``train`` runs it at a fixed point of its schedules: loss terms
+    (under bf16 autocast when ``bf16``), backward, per-part clipping, AdamW, EMA; returns the
+    loss terms."""
+    from channel_ssl.train.param_groups import build_optimizer, clip_gradients
+
+    student = training.student
+    optimizer = build_optimizer(student, cfg, lr=1e-4)
+    values = {"teacher_temp": 0.04, "teacher_momentum": 0.996}
+    student.train()
+
+    def step() -> dict:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            terms = training.loss_terms(student, batch, values)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        clip_gradients(student, cfg.clip_grad)
+        optimizer.step()
+        training.after_optimizer_step(values)
+        return terms
+
+    return step
+
+
 def dino_step_vs_timm(size: StepSize, repeats: int, target: float) -> Row:
     """One DINOv2 BoC step as ``train`` runs it (student + teacher, DINO/iBOT heads, losses,
     backward, clipping, AdamW, EMA) vs a bare timm ViT forward + backward of the same crops
@@ -123,26 +147,17 @@ def dino_step_vs_timm(size: StepSize, repeats: int, target: float) -> Row:
     import timm
 
     from channel_ssl.host_memory import freed_host_memory_kept
-    from channel_ssl.train.param_groups import build_optimizer, clip_gradients
     from channel_ssl.train.run_config import load_run_config
     from channel_ssl.train.ssl_meta_arch import build_training
 
     cfg = load_run_config(_run_config(size))
     training = build_training(cfg, torch.device("cpu"))
     student = training.student
-    optimizer = build_optimizer(student, cfg, lr=1e-4)
     batch = _batch(size, cfg)
-    values = {"teacher_temp": 0.04, "teacher_momentum": 0.996}
-    student.train()
+    step = step_function(training, cfg, batch, torch.device("cpu"))
 
     def ours():
-        terms = training.loss_terms(student, batch, values)
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        clip_gradients(student, cfg.clip_grad)
-        optimizer.step()
-        training.after_optimizer_step(values)
-        return float(terms["total"].detach())
+        return float(step()["total"].detach())
 
     arch = student.backbone
     depth = len(arch.blocks)
