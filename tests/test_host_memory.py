@@ -27,8 +27,11 @@ _SCRIPT = textwrap.dedent(
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
     out = {}
-    with freed_host_memory_kept(enabled=sys.argv[1] == "kept") as applied:
+    with freed_host_memory_kept(enabled=sys.argv[1] in ("kept", "nested")) as applied:
         out["applied"] = applied
+        if sys.argv[1] == "nested":  # an inner block ending leaves the outer one's setting
+            with freed_host_memory_kept():
+                pass
         faults(8, 64)  # the heap's steady state
         out["inside"] = faults(5, 64)
     # after the block: glibc's defaults, blocks larger than any the heap kept are mmap'd again
@@ -53,3 +56,10 @@ def test_freed_blocks_are_reused_inside_and_the_defaults_come_back_after():
     assert plain["inside"] >= 0.8 * pages  # every round's block faulted in again
     assert kept["inside"] < 0.05 * pages  # reused from the heap
     assert kept["after"] >= 0.8 * 2 * pages  # 128 MiB blocks: mmap'd and returned again
+
+
+def test_a_nested_block_ending_keeps_the_outer_setting():
+    pages = 5 * 64 * 2**20 // resource.getpagesize()
+    nested = _run("nested")
+    assert nested["inside"] < 0.05 * pages
+    assert nested["after"] >= 0.8 * 2 * pages

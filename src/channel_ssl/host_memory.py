@@ -1,4 +1,4 @@
-"""Freed host memory kept for reuse while training on CPU (glibc's malloc).
+"""Freed host memory kept for reuse while training or extracting on CPU (glibc's malloc).
 
 A CPU training step allocates and frees the same large temporaries every step: the (tokens x
 prototypes) scores and their gradients, the (prototypes x bottleneck) prototype gradient,
@@ -11,7 +11,7 @@ reuses them. Memory in use stays at a step's peak, which every step reaches anyw
 computed does not change (an allocator setting). CUDA runs do not need it: torch's caching
 allocator already reuses device memory. :func:`freed_host_memory_kept` applies it for a block
 and then restores glibc's default limits (glibc no longer adapts its mmap threshold after
-that, a difference of speed only).
+that, a difference of speed only); nested blocks restore them only when the outermost ends.
 """
 
 from __future__ import annotations
@@ -56,14 +56,20 @@ def keep_freed_host_memory() -> bool:
     )
 
 
+_depth = 0  # blocks of freed_host_memory_kept open in this process
+
+
 @contextlib.contextmanager
 def freed_host_memory_kept(enabled: bool = True):
     """:func:`keep_freed_host_memory` for the block (when ``enabled``), then glibc's defaults."""
+    global _depth
     applied = enabled and keep_freed_host_memory()
+    _depth += applied
     try:
         yield applied
     finally:
-        if applied:
+        _depth -= applied
+        if applied and _depth == 0:
             mallopt = _mallopt()
             mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
             mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)

@@ -36,10 +36,9 @@ from channel_ssl.warm_client import (
     _HEADER,
     ADDRESS_ENV,
     FORWARDED_SIGNALS,
-    IMPORT_TIME_PREFIXES,
-    THREAD_VARS,
     _difference,
     identity,
+    import_time_env,
 )
 
 
@@ -58,8 +57,7 @@ def preload() -> list[str]:
 
 def _as_after_imports(job: dict, added_env: dict) -> dict:
     """A job's identity as it would be after its own imports (they setdefault ``added_env``)."""
-    names = [k for k in added_env if k.startswith(IMPORT_TIME_PREFIXES) and k not in THREAD_VARS]
-    return {**job, "import_env": {**{k: added_env[k] for k in names}, **job.get("import_env", {})}}
+    return {**job, "import_env": {**import_time_env(added_env), **job.get("import_env", {})}}
 
 
 def _apply_thread_counts(env: dict) -> None:
@@ -175,7 +173,7 @@ class _Server:
         self.main = main
         self.address = address
         self.verbose = verbose
-        self.me = identity()  # before the imports: jobs are compared with the server as started
+        self.me: dict = {}  # set by serve() once the imports are done
         self.added_env: dict[str, str] = {}
         self.jobs: dict[int, socket.socket | None] = {}  # child pid -> its job's connection
         self.forked = 0

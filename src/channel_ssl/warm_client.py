@@ -68,15 +68,18 @@ def identity() -> dict:
         # sys.path[0] is the started script's folder (the child takes the job's, see below)
         "path": [os.path.realpath(p) if p else p for p in sys.path[1:]],
         "script_dir": sys.path[0] if sys.path else "",
-        "import_env": {
-            k: v
-            for k, v in os.environ.items()
-            if k.startswith(IMPORT_TIME_PREFIXES) and k not in THREAD_VARS
-        },
+        "import_env": import_time_env(os.environ),
         "thread_vars": {k: os.environ[k] for k in THREAD_VARS if k in os.environ},
         "slurm_job": os.environ.get("SLURM_JOB_ID"),
         "cgroup": cgroup,
         "uid": os.getuid(),
+    }
+
+
+def import_time_env(env) -> dict[str, str]:
+    """The variables of ``env`` read at import or library-load time (thread counts aside)."""
+    return {
+        k: v for k, v in env.items() if k.startswith(IMPORT_TIME_PREFIXES) and k not in THREAD_VARS
     }
 
 
@@ -91,12 +94,8 @@ def _difference(mine: dict, theirs: dict) -> str | None:
                 return "environment variable " + ", ".join(sorted(mine[key]))
             continue
         if key == "import_env":
-            names = sorted(set(mine[key]) ^ set(theirs.get(key, {})))
-            names += sorted(
-                k
-                for k in set(mine[key]) & set(theirs.get(key, {}))
-                if mine[key][k] != theirs[key][k]
-            )
+            ours, job = mine[key], theirs.get(key, {})
+            names = sorted(k for k in ours.keys() | job.keys() if ours.get(k) != job.get(k))
             if names:
                 return "environment variable " + ", ".join(names)
         elif mine[key] != theirs.get(key):
