@@ -26,7 +26,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.models import StepSize, _batch, _run_config, step_function
@@ -50,28 +49,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _cvit_batch(size: StepSize, cfg, n_channels: int) -> dict:
-    """A Channel-ViT batch as ``PretrainBatches`` makes one: (images x crops, C, H, W)."""
-    from channel_ssl.data.augment import MaskGenerator
-
-    gen = torch.Generator().manual_seed(1)
-    grid = size.global_size // size.patch_size
-    masks = MaskGenerator(
-        (grid, grid), tuple(cfg.ibot.mask_ratio_min_max), cfg.ibot.mask_sample_probability
-    )
-    rng = np.random.default_rng(2)
-    b, n_global = size.batch, cfg.crops.global_crops_number
-    return {
-        "global": torch.randn(n_global * b, n_channels, size.global_size, size.global_size,
-                              generator=gen),
-        "local": torch.randn(size.n_local * b, n_channels, size.local_size, size.local_size,
-                             generator=gen),
-        "masks": torch.cat([masks.generate(b, rng, n_channels) for _ in range(n_global)]),
-        "channel_ids": torch.arange(n_channels).repeat(b, 1),
-        "n_images": b,
-    }  # fmt: skip
-
-
 def training_step(size: StepSize, family: str, device: torch.device, steps: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -86,7 +63,7 @@ def training_step(size: StepSize, family: str, device: torch.device, steps: int)
         raw["model"]["k_max"] = n_channels
     cfg = load_run_config(raw)
     training = build_training(cfg, device)
-    batch = _cvit_batch(size, cfg, n_channels) if family == "cvit" else _batch(size, cfg)
+    batch = _batch(size, cfg, n_channels if family == "cvit" else None)
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     step = step_function(training, cfg, batch, device, bf16=device.type == "cuda")
 

@@ -56,7 +56,7 @@ def ha_vs_boc_forward(repeats: int, batch: int = 2, n_channels: int = 5) -> Row:
     with freed_host_memory_kept():
         for _ in range(WARMUP_STEPS):
             run(ha)(), run(boc)()
-        timing, _, _ = interleaved(run(ha), run(boc), repeats)
+        timing, _, _ = interleaved(run(ha), run(boc), repeats, warmup=False)
     return Row(
         f"HA forward vs BoC forward, ViT-S/16, 224 px, K={n_channels}, batch {batch}",
         timing,
@@ -93,7 +93,9 @@ def _run_config(size: StepSize) -> dict:
     }
 
 
-def _batch(size: StepSize, cfg) -> dict:
+def _batch(size: StepSize, cfg, n_channels: int | None = None) -> dict:
+    """A batch as ``PretrainBatches`` makes one: single-channel crops (BoC), or with
+    ``n_channels`` Channel-ViT crops of that many channels with their channel ids."""
     from channel_ssl.data.augment import MaskGenerator
 
     gen = torch.Generator().manual_seed(1)
@@ -102,17 +104,13 @@ def _batch(size: StepSize, cfg) -> dict:
         (grid, grid), tuple(cfg.ibot.mask_ratio_min_max), cfg.ibot.mask_sample_probability
     )
     rng = np.random.default_rng(2)
-    n_global = cfg.crops.global_crops_number
+    b, c, n_global = size.batch, n_channels or 1, cfg.crops.global_crops_number
     return {
-        "global": torch.randn(
-            n_global * size.batch, 1, size.global_size, size.global_size, generator=gen
-        ),
-        "local": torch.randn(
-            size.n_local * size.batch, 1, size.local_size, size.local_size, generator=gen
-        ),
-        "masks": torch.cat([masks.generate(size.batch, rng, 1) for _ in range(n_global)]),
-        "channel_ids": None,
-        "n_images": size.batch,
+        "global": torch.randn(n_global * b, c, size.global_size, size.global_size, generator=gen),
+        "local": torch.randn(size.n_local * b, c, size.local_size, size.local_size, generator=gen),
+        "masks": torch.cat([masks.generate(b, rng, c) for _ in range(n_global)]),
+        "channel_ids": None if n_channels is None else torch.arange(c).repeat(b, 1),
+        "n_images": b,
     }
 
 
@@ -188,7 +186,7 @@ def dino_step_vs_timm(size: StepSize, repeats: int, target: float) -> Row:
     with freed_host_memory_kept():
         for _ in range(WARMUP_STEPS):
             ours(), reference()
-        timing, _, _ = interleaved(ours, reference, repeats)
+        timing, _, _ = interleaved(ours, reference, repeats, warmup=False)
     return Row(
         f"one DINO BoC training step vs bare timm fwd+bwd + teacher fwd, {size.name}, "
         f"{size.n_prototypes:,} prototypes, 2 x {size.global_size} + {size.n_local} x "
